@@ -51,8 +51,8 @@ class DistributedType(_StrEnum):
     """How the model is distributed; ``state.distributed_type`` holds one of these.
 
     Example:
-        >>> DistributedType.MULTI_CPU == "MULTI_CPU"
-        True
+        >>> str(DistributedType("MULTI_CPU"))
+        'MULTI_CPU'
     """
 
     NO = "NO"

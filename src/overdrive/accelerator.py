@@ -1,0 +1,890 @@
+"""The :class:`Accelerator` facade: Accelerate's API, delegating to a strategy, a precision policy and helpers.
+
+Reading order for a newcomer: :meth:`Accelerator.__init__` (settings → state → precision → strategy),
+:meth:`Accelerator.prepare` (each object handed to the strategy or wrapped), :meth:`Accelerator.backward` and
+:meth:`Accelerator.accumulate` (gradient synchronisation), then ``strategies/`` for what DDP actually does.
+
+Example:
+    >>> import torch
+    >>> from overdrive import Accelerator
+    >>> accelerator = Accelerator()
+    >>> model = torch.nn.Linear(4, 1)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> model, optimizer = accelerator.prepare(model, optimizer)
+    >>> loss = model(torch.ones(2, 4)).sum()
+    >>> accelerator.backward(loss)
+    >>> optimizer.step(); optimizer.zero_grad()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import torch
+
+from . import checkpointing
+from .data_loader import DataLoaderShard, prepare_data_loader, skip_first_batches
+from .logging import get_logger
+from .optimizer import AcceleratedOptimizer
+from .precision import Precision, make_precision
+from .scheduler import AcceleratedScheduler
+from .settings import resolve_value
+from .state import AcceleratorState, GradientState
+from .strategies import Strategy, select_strategy
+from .utils import operations as ops
+from .utils.other import extract_model_from_parallel
+from .utils.dataclasses import (
+    AutocastKwargs,
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    DistributedType,
+    GradientAccumulationPlugin,
+    GradScalerKwargs,
+    InitProcessGroupKwargs,
+    KwargsHandler,
+    ProjectConfiguration,
+)
+
+__all__ = ["Accelerator"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+logger = get_logger(__name__)
+
+# Sentinel so that an explicit `split_batches=False` can be told apart from "not given" (Accelerate's signature).
+_split_batches: Any = object()
+
+_HANDLER_SLOTS: dict[type, str] = {
+    DistributedDataParallelKwargs: "ddp_handler",
+    GradScalerKwargs: "scaler_handler",
+    InitProcessGroupKwargs: "init_handler",
+    AutocastKwargs: "autocast_handler",
+}
+
+
+def _not_implemented(name: str, value: Any) -> None:
+    if value is not None:
+        raise NotImplementedError(
+            f"Accelerator({name}={value!r}): {name} is not implemented yet in this version of overdrive; "
+            f"remove the argument (or set it to None)"
+        )
+
+
+class Accelerator:
+    """Prepares models, optimizers, data loaders and schedulers for training on one or many processes.
+
+    Takes Accelerate 1.x's arguments, in the same order with the same defaults. Settings are resolved with one
+    precedence (see :mod:`overdrive.settings`): explicit argument > ``OVERDRIVE_*`` env > ``ACCELERATE_*`` env >
+    default. Under ``overdrive launch`` or ``torchrun`` with several processes it always forms a process group
+    (gloo on CPU), also without ``cpu=True``.
+
+    Example:
+        >>> from overdrive import Accelerator
+        >>> accelerator = Accelerator(gradient_accumulation_steps=2)
+        >>> accelerator.gradient_accumulation_steps
+        2
+    """
+
+    def __init__(
+        self,
+        device_placement: bool = True,
+        split_batches: bool = _split_batches,
+        mixed_precision: str | None = None,
+        gradient_accumulation_steps: int = 1,
+        cpu: bool = False,
+        dataloader_config: DataLoaderConfiguration | None = None,
+        deepspeed_plugin: Any = None,
+        fsdp_plugin: Any = None,
+        torch_tp_plugin: Any = None,
+        megatron_lm_plugin: Any = None,
+        rng_types: list[str] | None = None,
+        log_with: Any = None,
+        project_dir: str | os.PathLike[str] | None = None,
+        project_config: ProjectConfiguration | None = None,
+        gradient_accumulation_plugin: GradientAccumulationPlugin | None = None,
+        step_scheduler_with_optimizer: bool = True,
+        kwargs_handlers: list[KwargsHandler] | None = None,
+        dynamo_backend: Any = None,
+        dynamo_plugin: Any = None,
+        deepspeed_plugins: Any = None,
+        parallelism_config: Any = None,
+    ) -> None:
+        # 1. Validate and resolve every input before any process group exists.
+        for name, value in (
+            ("torch_tp_plugin", torch_tp_plugin),
+            ("megatron_lm_plugin", megatron_lm_plugin),
+            ("log_with", log_with),
+            ("deepspeed_plugins", deepspeed_plugins),
+            ("parallelism_config", parallelism_config),
+            ("dynamo_plugin", dynamo_plugin),
+        ):
+            _not_implemented(name, value)
+        dynamo = resolve_value("dynamo_backend", None if dynamo_backend is None else str(dynamo_backend).lower())
+        if dynamo != "no":
+            _not_implemented("dynamo_backend", dynamo_backend or dynamo)
+        strategy_cls = select_strategy(
+            num_processes=int(os.environ.get("WORLD_SIZE", "1") or 1),
+            fsdp_plugin=fsdp_plugin,
+            deepspeed_plugin=deepspeed_plugin,
+            use_fsdp=bool(resolve_value("use_fsdp")),
+            use_deepspeed=bool(resolve_value("use_deepspeed")),
+        )
+        mixed_precision = resolve_value("mixed_precision", _check_str("mixed_precision", mixed_precision))
+        self.gradient_accumulation_plugin = _accumulation_plugin(gradient_accumulation_steps, gradient_accumulation_plugin)
+        self.dataloader_config = _dataloader_config(dataloader_config, split_batches)
+        handlers = _collect_handlers(kwargs_handlers)
+        self.ddp_handler: DistributedDataParallelKwargs | None = handlers.get("ddp_handler")
+        self.scaler_handler: GradScalerKwargs | None = handlers.get("scaler_handler")
+        self.init_handler: InitProcessGroupKwargs | None = handlers.get("init_handler")
+        self.autocast_handler: AutocastKwargs | None = handlers.get("autocast_handler")
+        self.project_configuration = project_config or ProjectConfiguration(project_dir=_opt_str(project_dir))
+        if project_dir is not None and project_config is not None:
+            self.project_configuration.set_directories(_opt_str(project_dir))
+        self.rng_types = list(rng_types) if rng_types is not None else ["generator"]
+        self.device_placement = device_placement
+        self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
+        self.fsdp_plugin, self.deepspeed_plugin = fsdp_plugin, deepspeed_plugin
+
+        # 2. Collaborators: shared state (forms the process group), precision policy, strategy.
+        init_kwargs = self.init_handler.to_kwargs() if self.init_handler is not None else {}
+        self.state = AcceleratorState(mixed_precision=mixed_precision, cpu=cpu, **init_kwargs)
+        self.gradient_state = GradientState(self.gradient_accumulation_plugin)
+        self.precision: Precision = make_precision(
+            self.state.mixed_precision, self.state.device, self.autocast_handler, self.scaler_handler
+        )
+        self.strategy: Strategy = strategy_cls(self.state.partial, self.precision, self.ddp_handler)
+
+        self.step = 0
+        self.flag_tensor: torch.Tensor | None = None
+        self._models: list[torch.nn.Module] = []
+        self._optimizers: list[AcceleratedOptimizer] = []
+        self._schedulers: list[AcceleratedScheduler] = []
+        self._dataloaders: list[Any] = []
+        self.trackers: list[Any] = []
+
+    # -- identity and settings (read from the shared state) ---------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process computes on."""
+        return self.state.device
+
+    @property
+    def distributed_type(self) -> DistributedType:
+        """``NO``, ``MULTI_CPU`` or ``MULTI_GPU``."""
+        return self.strategy.distributed_type
+
+    @property
+    def num_processes(self) -> int:
+        """Number of processes taking part in training."""
+        return self.state.num_processes
+
+    @property
+    def process_index(self) -> int:
+        """Global rank of this process."""
+        return self.state.process_index
+
+    @property
+    def local_process_index(self) -> int:
+        """Rank of this process on its node."""
+        return self.state.local_process_index
+
+    @property
+    def is_main_process(self) -> bool:
+        """True on global rank 0."""
+        return self.state.is_main_process
+
+    @property
+    def is_local_main_process(self) -> bool:
+        """True on local rank 0 of each node."""
+        return self.state.is_local_main_process
+
+    @property
+    def is_last_process(self) -> bool:
+        """True on the last global rank."""
+        return self.state.is_last_process
+
+    @property
+    def use_distributed(self) -> bool:
+        """True when more than one process takes part."""
+        return self.state.use_distributed
+
+    @property
+    def mixed_precision(self) -> str:
+        """``'no'``, ``'fp16'`` or ``'bf16'``."""
+        return self.state.mixed_precision
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The fp16 loss scaler, or ``None``."""
+        return self.precision.scaler
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        """Micro-batches per optimizer step."""
+        return self.gradient_state.num_steps
+
+    @gradient_accumulation_steps.setter
+    def gradient_accumulation_steps(self, value: int) -> None:
+        self.gradient_state.plugin_kwargs["num_steps"] = _positive_int("gradient_accumulation_steps", value)
+
+    @property
+    def sync_gradients(self) -> bool:
+        """True on the micro-step where gradients are synchronised and the optimizer steps."""
+        return self.gradient_state.sync_gradients
+
+    @sync_gradients.setter
+    def sync_gradients(self, value: bool) -> None:
+        self.gradient_state.sync_gradients = value
+
+    @property
+    def optimizer_step_was_skipped(self) -> bool:
+        """True when any prepared optimizer skipped its last step (fp16 inf/nan gradients)."""
+        return any(opt.step_was_skipped for opt in self._optimizers)
+
+    @property
+    def split_batches(self) -> bool:
+        """Whether each loader batch is split across processes (instead of one batch per process)."""
+        return self.dataloader_config.split_batches
+
+    @property
+    def even_batches(self) -> bool:
+        """Whether prepared loaders pad the last round so every process gets the same batches."""
+        return self.dataloader_config.even_batches
+
+    @even_batches.setter
+    def even_batches(self, value: bool) -> None:
+        self.dataloader_config.even_batches = value
+
+    @property
+    def dispatch_batches(self) -> bool | None:
+        """Whether the main process reads batches and sends slices (not implemented yet)."""
+        return self.dataloader_config.dispatch_batches
+
+    @property
+    def use_seedable_sampler(self) -> bool:
+        """Whether shuffling samplers are replaced by a seed-and-epoch deterministic sampler."""
+        return self.dataloader_config.use_seedable_sampler
+
+    @property
+    def non_blocking(self) -> bool:
+        """Whether batches are moved to the device with ``non_blocking=True``."""
+        return self.dataloader_config.non_blocking
+
+    @property
+    def project_dir(self) -> str | None:
+        """The run's project directory."""
+        return self.project_configuration.project_dir
+
+    @property
+    def logging_dir(self) -> str | None:
+        """Where trackers write."""
+        return self.project_configuration.logging_dir
+
+    # -- prepare ------------------------------------------------------------------------------------------------
+
+    def prepare(self, *args: Any, device_placement: list[bool] | None = None) -> Any:
+        """Prepare models, optimizers, data loaders and schedulers; return them in the order given.
+
+        Other objects pass through unchanged. Schedulers are prepared after the optimizers they drive.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> model = torch.nn.Linear(2, 2)
+            >>> model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        """
+        if device_placement is None:
+            device_placement = [None] * len(args)  # type: ignore[list-item]
+        elif len(device_placement) != len(args):
+            raise ValueError(
+                f"device_placement has {len(device_placement)} entries but prepare() got {len(args)} objects; "
+                "pass one bool per object"
+            )
+        prepared = [
+            obj if _is_scheduler(obj) else self._prepare_one(obj, place)
+            for obj, place in zip(args, device_placement)
+        ]
+        prepared = [self.prepare_scheduler(obj) if _is_scheduler(obj) else obj for obj in prepared]
+        return prepared[0] if len(prepared) == 1 else tuple(prepared)
+
+    def _prepare_one(self, obj: Any, device_placement: bool | None) -> Any:
+        if isinstance(obj, torch.utils.data.DataLoader):
+            return self.prepare_data_loader(obj, device_placement=device_placement)
+        if isinstance(obj, torch.nn.Module):
+            return self.prepare_model(obj, device_placement=device_placement)
+        if isinstance(obj, torch.optim.Optimizer):
+            return self.prepare_optimizer(obj, device_placement=device_placement)
+        return obj
+
+    def prepare_model(
+        self, model: torch.nn.Module, device_placement: bool | None = None, evaluation_mode: bool = False
+    ) -> torch.nn.Module:
+        """Place ``model`` on the device, apply mixed precision and wrap it for the strategy (e.g. DDP).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> model = Accelerator().prepare_model(torch.nn.Linear(2, 2))
+        """
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"prepare_model expects a torch.nn.Module, got {type(model).__name__}")
+        place = self.device_placement if device_placement is None else device_placement
+        prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
+        self._models.append(prepared)
+        return prepared
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None) -> Any:
+        """Wrap ``optimizer`` so it steps only on synchronisation steps (and through the fp16 scaler).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> m = torch.nn.Linear(2, 2)
+            >>> opt = Accelerator().prepare_optimizer(torch.optim.SGD(m.parameters(), lr=0.1))
+        """
+        if isinstance(optimizer, AcceleratedOptimizer):
+            self._optimizers.append(optimizer)
+            return optimizer
+        place = self.device_placement if device_placement is None else device_placement
+        wrapped = AcceleratedOptimizer(optimizer, device_placement=place, precision=self.precision)
+        self._optimizers.append(wrapped)
+        return wrapped
+
+    def prepare_scheduler(self, scheduler: Any) -> AcceleratedScheduler:
+        """Wrap an LR scheduler so it follows optimizer steps (see :class:`AcceleratedScheduler`).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> opt = acc.prepare(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0))
+            >>> sched = acc.prepare_scheduler(torch.optim.lr_scheduler.StepLR(opt, 1))
+        """
+        # Give the scheduler the prepared optimizer(s) wrapping the optimizer it was built on.
+        optimizers = [o for o in self._optimizers if o.optimizer is getattr(scheduler, "optimizer", None)]
+        optimizers = optimizers or [getattr(scheduler, "optimizer", None)]
+        wrapped = AcceleratedScheduler(
+            scheduler,
+            optimizers,
+            step_with_optimizer=self.step_scheduler_with_optimizer,
+            split_batches=self.split_batches,
+        )
+        self._schedulers.append(wrapped)
+        return wrapped
+
+    def prepare_data_loader(
+        self, data_loader: torch.utils.data.DataLoader, device_placement: bool | None = None,
+        slice_fn_for_dispatch: Callable[..., Any] | None = None,
+    ) -> DataLoaderShard:
+        """Shard ``data_loader`` across processes and move its batches to the device.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> dl = Accelerator().prepare_data_loader(torch.utils.data.DataLoader(list(range(8)), batch_size=2))
+        """
+        place = self.device_placement if device_placement is None else device_placement
+        cfg = self.dataloader_config
+        prepared = prepare_data_loader(
+            data_loader,
+            self.device,
+            num_processes=self.num_processes,
+            process_index=self.process_index,
+            split_batches=cfg.split_batches,
+            put_on_device=place,
+            rng_types=list(self.rng_types),
+            dispatch_batches=cfg.dispatch_batches,
+            even_batches=cfg.even_batches,
+            slice_fn_for_dispatch=slice_fn_for_dispatch,
+            use_seedable_sampler=cfg.use_seedable_sampler,
+            data_seed=cfg.data_seed,
+            non_blocking=cfg.non_blocking,
+            use_stateful_dataloader=cfg.use_stateful_dataloader,
+        )
+        self._dataloaders.append(prepared)
+        return prepared
+
+    def skip_first_batches(self, dataloader: Any, num_batches: int = 0) -> Any:
+        """A loader that starts after ``num_batches`` batches (for resuming mid-epoch).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> dl = acc.prepare(torch.utils.data.DataLoader(list(range(8)), batch_size=2))
+            >>> len(acc.skip_first_batches(dl, 1))
+            3
+        """
+        return skip_first_batches(dataloader, num_batches=num_batches)
+
+    # -- training step ------------------------------------------------------------------------------------------
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """``loss.backward()`` divided by the accumulation steps, through the fp16 scaler when there is one.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> w = torch.ones(2, requires_grad=True)
+            >>> acc.backward((w * 3).sum())
+        """
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"backward() needs a tensor loss, got {type(loss).__name__}")
+        if loss.numel() != 1 and "gradient" not in kwargs:
+            raise ValueError(
+                f"backward() needs a scalar loss, got a tensor of shape {tuple(loss.shape)}; "
+                "reduce it first, e.g. loss.mean() or loss.sum()"
+            )
+        steps = self.gradient_accumulation_steps
+        self.precision.backward(loss / steps if steps != 1 else loss, **kwargs)
+
+    @contextlib.contextmanager
+    def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
+        """Context for one micro-batch: decides whether this step synchronises and skips the all-reduce if not.
+
+        The step synchronises every ``gradient_accumulation_steps`` micro-batches and on the last batch of a
+        prepared data loader (``sync_with_dataloader``).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator(gradient_accumulation_steps=2)
+            >>> model = acc.prepare(torch.nn.Linear(2, 1))
+            >>> with acc.accumulate(model):
+            ...     acc.backward(model(torch.ones(1, 2)).sum())
+            >>> acc.sync_gradients
+            False
+        """
+        self._do_sync()
+        allow_sync = self.sync_gradients or (self.use_distributed and self.gradient_state.sync_each_batch)
+        with contextlib.ExitStack() as stack:
+            if not allow_sync:
+                for model in models:
+                    stack.enter_context(self.strategy.no_sync(model))
+            yield
+
+    def _do_sync(self) -> None:
+        if self.gradient_state.sync_with_dataloader and self.gradient_state.end_of_dataloader:
+            self.step = 0
+            self.gradient_state._set_sync_gradients(True)
+        else:
+            self.step += 1
+            self.gradient_state._set_sync_gradients(self.step % self.gradient_accumulation_steps == 0)
+
+    @contextlib.contextmanager
+    def no_sync(self, model: torch.nn.Module) -> Iterator[None]:
+        """Context in which backward does not all-reduce gradients (they accumulate locally).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> model = acc.prepare(torch.nn.Linear(2, 1))
+            >>> with acc.no_sync(model):
+            ...     acc.backward(model(torch.ones(1, 2)).sum())
+        """
+        with self.strategy.no_sync(model):
+            yield
+
+    @contextlib.contextmanager
+    def autocast(self, autocast_handler: AutocastKwargs | None = None) -> Iterator[None]:
+        """Run the block under the mixed-precision autocast (a no-op for fp32).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> with Accelerator().autocast():
+            ...     pass
+        """
+        with self.precision.autocast(autocast_handler):
+            yield
+
+    def unscale_gradients(self, optimizer: Any = None) -> None:
+        """Undo fp16 loss scaling on the gradients (done for you by the clipping helpers)."""
+        targets = self._optimizers if optimizer is None else optimizer if isinstance(optimizer, list) else [optimizer]
+        for opt in targets:
+            self.precision.unscale_(opt.optimizer if isinstance(opt, AcceleratedOptimizer) else opt)
+
+    def clip_grad_norm_(self, parameters: Any, max_norm: float, norm_type: float = 2) -> torch.Tensor:
+        """Clip gradients to ``max_norm`` (after fp16 unscaling); return the total norm before clipping.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> w = torch.nn.Parameter(torch.ones(2)); w.grad = torch.tensor([3.0, 4.0])
+            >>> acc.clip_grad_norm_([w], 1.0)
+            tensor(5.)
+        """
+        self.unscale_gradients()
+        return self.strategy.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
+
+    def clip_grad_value_(self, parameters: Any, clip_value: float) -> None:
+        """Clip each gradient element to ``[-clip_value, clip_value]`` (after fp16 unscaling).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> w = torch.nn.Parameter(torch.ones(2)); w.grad = torch.tensor([3.0, -4.0])
+            >>> Accelerator().clip_grad_value_([w], 1.0); w.grad
+            tensor([ 1., -1.])
+        """
+        self.unscale_gradients()
+        self.strategy.clip_grad_value_(parameters, clip_value)
+
+    # -- models and their weights ---------------------------------------------------------------------------
+
+    def unwrap_model(
+        self, model: torch.nn.Module, keep_fp32_wrapper: bool = True, keep_torch_compile: bool = True
+    ) -> torch.nn.Module:
+        """The user's module inside the strategy wrapper (DDP) and, optionally, the compile/precision wrappers.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> type(acc.unwrap_model(acc.prepare(torch.nn.Linear(2, 2)))).__name__
+            'Linear'
+        """
+        return extract_model_from_parallel(model, keep_fp32_wrapper, keep_torch_compile)
+
+    def get_state_dict(self, model: torch.nn.Module, unwrap: bool = True) -> dict[str, torch.Tensor]:
+        """The model's full state dict (of the unwrapped module by default).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> sorted(Accelerator().get_state_dict(torch.nn.Linear(1, 1)))
+            ['bias', 'weight']
+        """
+        if unwrap:
+            return self.strategy.model_state_dict(model)
+        return model.state_dict()
+
+    def save_model(
+        self,
+        model: torch.nn.Module,
+        save_directory: str | os.PathLike[str],
+        max_shard_size: int | str = "10GB",
+        safe_serialization: bool = True,
+    ) -> None:
+        """Write the model's weights to ``save_directory`` on the main process (``model.safetensors``, sharded with
+        an index when larger than ``max_shard_size``).
+
+        Example:
+            >>> import tempfile, torch
+            >>> from overdrive import Accelerator
+            >>> Accelerator().save_model(torch.nn.Linear(2, 2), tempfile.mkdtemp())
+        """
+        state_dict = self.get_state_dict(model)
+        if self.is_main_process:
+            checkpointing.save_model_weights(state_dict, save_directory, max_shard_size, safe_serialization)
+        self.wait_for_everyone()
+
+    def save(self, obj: Any, f: str | os.PathLike[str], safe_serialization: bool = False) -> None:
+        """Save ``obj`` once (on the main process) with ``torch.save`` or, for tensors dicts, safetensors.
+
+        Example:
+            >>> import tempfile, os, torch
+            >>> from overdrive import Accelerator
+            >>> Accelerator().save({"w": torch.ones(1)}, os.path.join(tempfile.mkdtemp(), "w.pt"))
+        """
+        if self.is_main_process:
+            checkpointing.save_object(obj, f, safe_serialization)
+
+    def free_memory(self, *objects: Any) -> list[Any]:
+        """Drop references to prepared objects and collect garbage; returns ``objects`` replaced by ``None``.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().free_memory()
+            []
+        """
+        self._models.clear()
+        self._optimizers.clear()
+        self._schedulers.clear()
+        self._dataloaders.clear()
+        self.step = 0
+        released = [None for _ in objects]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return released
+
+    clear = free_memory
+
+    # -- collectives ----------------------------------------------------------------------------------------
+
+    def gather(self, tensor: Any) -> Any:
+        """Concatenate ``tensor`` (or a nested structure of tensors) from every process along dim 0.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> Accelerator().gather(torch.tensor([1, 2]))
+            tensor([1, 2])
+        """
+        return ops.gather(tensor)
+
+    def gather_for_metrics(self, input_data: Any, use_gather_object: bool = False) -> Any:
+        """Gather like :meth:`gather`, then drop the samples duplicated to even out the last batch.
+
+        Non-tensor data (or ``use_gather_object=True``) is gathered as Python objects.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> Accelerator().gather_for_metrics(torch.tensor([1.0, 2.0]))
+            tensor([1., 2.])
+        """
+        try:
+            ops.recursively_apply(lambda x: x, input_data, error_on_other_type=True)
+            all_tensors = True
+        except TypeError:
+            all_tensors = False
+        as_objects = use_gather_object or not all_tensors
+        data = ops.gather_object(input_data) if as_objects else ops.gather(input_data)
+        remainder = self.gradient_state.remainder
+        if not self.gradient_state.end_of_dataloader or remainder <= 0:
+            return data
+        if as_objects:
+            return data[:remainder]
+        return ops.recursively_apply(lambda t: t[:remainder], data)
+
+    def reduce(self, tensor: Any, reduction: str = "sum", scale: float = 1.0) -> Any:
+        """Reduce ``tensor`` across processes ('sum', 'mean', or an error for anything else).
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> Accelerator().reduce(torch.tensor(3.0))
+            tensor(3.)
+        """
+        return ops.reduce(tensor, reduction, scale)
+
+    def pad_across_processes(self, tensor: Any, dim: int = 0, pad_index: int = 0, pad_first: bool = False) -> Any:
+        """Pad ``tensor`` along ``dim`` to the largest size across processes.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> Accelerator().pad_across_processes(torch.ones(2)).shape
+            torch.Size([2])
+        """
+        return ops.pad_across_processes(tensor, dim=dim, pad_index=pad_index, pad_first=pad_first)
+
+    def set_trigger(self) -> None:
+        """Raise a flag on this process that :meth:`check_trigger` sees on every process (e.g. early stopping).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator(); acc.set_trigger(); acc.check_trigger()
+            True
+        """
+        self.flag_tensor = torch.tensor(1, device=self.device)
+
+    def check_trigger(self) -> bool:
+        """True on every process when any process called :meth:`set_trigger` since the last check (resets it).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().check_trigger()
+            False
+        """
+        if self.flag_tensor is None:
+            self.flag_tensor = torch.tensor(0, device=self.device)
+        flag = ops.reduce(self.flag_tensor, "sum")
+        if int(flag.item()) >= 1:
+            self.flag_tensor = torch.tensor(0, device=self.device)
+            return True
+        return False
+
+    # -- process control (delegated to the shared state) -----------------------------------------------------
+
+    def wait_for_everyone(self) -> None:
+        """Barrier across all processes.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().wait_for_everyone()
+        """
+        self.state.wait_for_everyone()
+
+    def main_process_first(self) -> contextlib.AbstractContextManager[None]:
+        """Context: the main process runs the block first, then the others.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> with Accelerator().main_process_first():
+            ...     pass
+        """
+        return self.state.main_process_first()
+
+    def local_main_process_first(self) -> contextlib.AbstractContextManager[None]:
+        """Context: each node's local main process runs the block first.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> with Accelerator().local_main_process_first():
+            ...     pass
+        """
+        return self.state.local_main_process_first()
+
+    def on_main_process(self, function: F | None = None) -> F:
+        """Decorator: run only on the main process.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> @acc.on_main_process
+            ... def log(): return 1
+        """
+        return self.state.on_main_process(function)
+
+    def on_local_main_process(self, function: F | None = None) -> F:
+        """Decorator: run only on each node's local main process.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> @Accelerator().on_local_main_process
+            ... def log(): return 1
+        """
+        return self.state.on_local_main_process(function)
+
+    def on_process(self, function: F | None = None, process_index: int | None = None) -> F:
+        """Decorator: run only on the process with global rank ``process_index``.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> @Accelerator().on_process(process_index=0)
+            ... def log(): return 1
+        """
+        return self.state.on_process(function, process_index=process_index)
+
+    def on_last_process(self, function: F) -> F:
+        """Decorator: run only on the last process.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> @Accelerator().on_last_process
+            ... def log(): return 1
+        """
+        return self.state.on_last_process(function)
+
+    def split_between_processes(
+        self, inputs: Any, apply_padding: bool = False
+    ) -> contextlib.AbstractContextManager[Any]:
+        """Context yielding this process's share of ``inputs``.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> with Accelerator().split_between_processes([1, 2, 3]) as mine:
+            ...     mine
+            [1, 2, 3]
+        """
+        return self.state.split_between_processes(inputs, apply_padding=apply_padding)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` once per node (on the local main process).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().print("hello")
+            hello
+        """
+        self.state.print(*args, **kwargs)
+
+    # -- experiment tracking: with no tracker configured these do nothing, as in Accelerate -----------------
+
+    def init_trackers(self, project_name: str, config: dict[str, Any] | None = None,
+                      init_kwargs: dict[str, Any] | None = None) -> None:
+        """Start the configured trackers (none can be configured in this version, so nothing happens)."""
+
+    def log(self, values: dict[str, Any], step: int | None = None, log_kwargs: dict[str, Any] | None = None) -> None:
+        """Log ``values`` to the configured trackers (none in this version)."""
+
+    def end_training(self) -> None:
+        """Finish trackers and release the process group (call once at the end of training).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().end_training()
+        """
+        for tracker in self.trackers:
+            tracker.finish()
+        self.state.destroy_process_group()
+
+    def __repr__(self) -> str:
+        return f"Accelerator(distributed_type={self.distributed_type}, num_processes={self.num_processes}, " \
+               f"mixed_precision={self.mixed_precision!r}, device={self.device})"
+
+
+# -- input validation helpers (run before any process group exists) ------------------------------------------
+
+
+def _check_str(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        value = getattr(value, "value", value)  # PrecisionType enum members
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string such as 'bf16', got {type(value).__name__}")
+    return value.lower() if isinstance(value, str) else value
+
+
+def _opt_str(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer (1 disables accumulation)")
+    return value
+
+
+def _accumulation_plugin(steps: int, plugin: GradientAccumulationPlugin | None) -> GradientAccumulationPlugin:
+    _positive_int("gradient_accumulation_steps", steps)
+    if plugin is not None:
+        if steps != 1:
+            raise ValueError(
+                f"gradient_accumulation_steps={steps} and gradient_accumulation_plugin were both given; "
+                "pass only the plugin (set its num_steps)"
+            )
+        if plugin.num_steps is not None:
+            _positive_int("GradientAccumulationPlugin.num_steps", plugin.num_steps)
+        return plugin
+    steps = steps if steps != 1 else int(resolve_value("gradient_accumulation_steps"))
+    return GradientAccumulationPlugin(num_steps=steps)
+
+
+def _dataloader_config(config: DataLoaderConfiguration | None, split_batches: Any) -> DataLoaderConfiguration:
+    if config is not None and not isinstance(config, DataLoaderConfiguration):
+        raise TypeError(f"dataloader_config must be a DataLoaderConfiguration, got {type(config).__name__}")
+    config = config or DataLoaderConfiguration()
+    if split_batches is not _split_batches:
+        config.split_batches = bool(split_batches)  # the older keyword still works, as in Accelerate
+    return config
+
+
+def _collect_handlers(handlers: Iterable[Any] | None) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for handler in handlers or ():
+        slot = _HANDLER_SLOTS.get(type(handler))
+        if slot is None:
+            allowed = ", ".join(c.__name__ for c in _HANDLER_SLOTS)
+            raise TypeError(f"kwargs_handlers got {handler!r}; supported handlers are {allowed}")
+        if slot in found:
+            raise ValueError(f"kwargs_handlers got more than one {type(handler).__name__}; pass each kind once")
+        found[slot] = handler
+    return found
+
+
+def _is_scheduler(obj: Any) -> bool:
+    return isinstance(obj, torch.optim.lr_scheduler.LRScheduler) or (
+        hasattr(obj, "step") and hasattr(obj, "optimizer") and not isinstance(obj, torch.optim.Optimizer)
+        and not isinstance(obj, torch.nn.Module)
+    )
+

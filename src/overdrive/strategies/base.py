@@ -1,0 +1,96 @@
+"""The strategy contract: how a model is placed, wrapped, synchronised, clipped and unwrapped.
+
+A strategy owns everything that depends on the kind of parallelism, so the :class:`~overdrive.Accelerator` facade
+never asks which kind it is. One strategy per file; no strategy inherits another.
+
+Example:
+    >>> from overdrive.strategies import select_strategy
+    >>> select_strategy(num_processes=1).__name__
+    'SingleDeviceStrategy'
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from ..precision import Precision
+from ..state import PartialState
+from ..utils.dataclasses import DistributedDataParallelKwargs, DistributedType
+
+__all__ = ["Strategy", "unwrap_compiled"]
+
+
+def unwrap_compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the module inside a ``torch.compile`` wrapper (or ``model`` itself)."""
+    return getattr(model, "_orig_mod", model)
+
+
+class Strategy(abc.ABC):
+    """Base class of every strategy.
+
+    Subclasses implement ``distributed_type``, :meth:`wrap`, :meth:`no_sync` and :meth:`unwrap`.
+
+    Example:
+        >>> from overdrive.precision import Precision
+        >>> from overdrive.state import PartialState
+        >>> from overdrive.strategies.single import SingleDeviceStrategy
+        >>> SingleDeviceStrategy(PartialState(), Precision()).distributed_type
+        <DistributedType.NO: 'NO'>
+    """
+
+    @property
+    @abc.abstractmethod
+    def distributed_type(self) -> DistributedType:
+        """What ``Accelerator.distributed_type`` reports for this strategy."""
+
+    def __init__(
+        self,
+        state: PartialState,
+        precision: Precision,
+        ddp_kwargs: DistributedDataParallelKwargs | None = None,
+    ) -> None:
+        self.state = state
+        self.precision = precision
+        self.ddp_kwargs = ddp_kwargs or DistributedDataParallelKwargs()
+
+    def prepare_model(
+        self, model: torch.nn.Module, device_placement: bool = True, evaluation_mode: bool = False
+    ) -> torch.nn.Module:
+        """Move ``model`` to the device, apply the precision policy and wrap it for this strategy."""
+        if device_placement:
+            model = model.to(self.state.device)
+        self.precision.wrap_forward(model)
+        if evaluation_mode or not any(p.requires_grad for p in model.parameters()):
+            return model  # nothing to synchronise: inference models stay unwrapped
+        return self.wrap(model)
+
+    @abc.abstractmethod
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Wrap a model that is already on its device (e.g. in DistributedDataParallel)."""
+
+    @abc.abstractmethod
+    def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Context in which backward accumulates local gradients without communication."""
+
+    @abc.abstractmethod
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The user's module inside whatever :meth:`wrap` added."""
+
+    def clip_grad_norm_(
+        self, parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_norm: float, norm_type: float = 2.0
+    ) -> torch.Tensor:
+        """Clip the (already synchronised) gradients to ``max_norm``; return the total norm before clipping."""
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
+
+    def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter] | torch.Tensor, clip_value: float) -> None:
+        """Clip every gradient element to ``[-clip_value, clip_value]``."""
+        torch.nn.utils.clip_grad_value_(parameters, clip_value)
+
+    def model_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The full (unsharded) state dict of the user's module."""
+        return self.unwrap(unwrap_compiled(model)).state_dict()
