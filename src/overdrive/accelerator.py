@@ -132,7 +132,8 @@ class Accelerator:
             use_fsdp=bool(resolve_value("use_fsdp")),
             use_deepspeed=bool(resolve_value("use_deepspeed")),
         )
-        mixed_precision = resolve_value("mixed_precision", _check_str("mixed_precision", mixed_precision))
+        mixed_precision = _check_str("mixed_precision", mixed_precision)
+        resolve_value("mixed_precision", mixed_precision)  # validates argument and env now, before any group forms
         self.gradient_accumulation_plugin = _accumulation_plugin(gradient_accumulation_steps, gradient_accumulation_plugin)
         self.dataloader_config = _dataloader_config(dataloader_config, split_batches)
         handlers = _collect_handlers(kwargs_handlers)

@@ -109,7 +109,7 @@ def save_model_weights(
 
     Example:
         >>> import tempfile, torch
-        >>> save_model_weights({"w": torch.ones(4)}, tempfile.mkdtemp(), max_shard_size=8)
+        >>> save_model_weights({"a": torch.ones(4), "b": torch.ones(4)}, tempfile.mkdtemp(), max_shard_size=16)
         ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']
     """
     directory = Path(save_directory)

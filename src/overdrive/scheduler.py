@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     >>> sched = AcceleratedScheduler(torch.optim.lr_scheduler.StepLR(opt, 1), opt, step_with_optimizer=False)
-    >>> sched.step(); sched.get_last_lr()
+    >>> opt.step(); sched.step(); sched.get_last_lr()
     [0.1]
 """
 

@@ -398,8 +398,8 @@ class GradientState:
 
     Example:
         >>> from overdrive.state import GradientState
-        >>> GradientState().sync_gradients
-        True
+        >>> GradientState().in_dataloader
+        False
     """
 
     _shared_state: dict[str, Any] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import WORKERS, torchrun
+from launching import WORKERS, torchrun
 
 
 @pytest.mark.parametrize("nproc", [1, 2])

@@ -292,3 +292,12 @@ def test_copyable_model_prepared_twice_keeps_one_autocast_wrapper() -> None:
     acc.prepare(model)
     assert model(torch.randn(1, 6)).dtype == torch.float32
     assert copy.deepcopy(acc.unwrap_model(model, keep_fp32_wrapper=False))(torch.randn(1, 6)).dtype == torch.float32
+
+
+def test_second_accelerator_keeps_the_first_ones_precision_unless_it_asks_otherwise() -> None:
+    # As in Accelerate: the state is process-wide; a later Accelerator() without the argument reuses it,
+    # asking for a different precision is an error rather than a silent change.
+    Accelerator(mixed_precision="bf16")
+    assert Accelerator().mixed_precision == "bf16"
+    with pytest.raises(ValueError, match="mixed_precision='bf16'.*'fp16'"):
+        Accelerator(mixed_precision="fp16")

@@ -1,4 +1,8 @@
-"""Helpers for real multi-process runs: every launch has a wall-clock bound and shows each rank's output on failure."""
+"""Launch helpers for real multi-process tests: every launch has a wall-clock bound and shows each rank's output on failure.
+
+A plain module, not conftest.py: tests import it by name (`from launching import ...`), which would be ambiguous
+with tests/unit/conftest.py in one pytest run.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,890 @@
+"""Data loaders that shard batches across processes (the ``accelerate.data_loader`` module of overdrive).
+
+:func:`prepare_data_loader` turns a user's :class:`torch.utils.data.DataLoader` into a :class:`DataLoaderShard`: a
+real ``DataLoader`` subclass whose batch sampler (:class:`BatchSamplerShard`) hands rank ``r`` of ``n`` its share of
+every round of batches, that moves batches to the device, and that tells the shared
+:class:`~overdrive.state.GradientState` when it yields its last batch and how many samples of the last global batch
+are real (``remainder``), so gradient accumulation and ``gather_for_metrics`` behave as in Accelerate.
+
+How ranks agree on the shuffle order (documented choice):
+
+* With ``use_seedable_sampler=True`` a ``RandomSampler`` becomes a :class:`SeedableRandomSampler`, whose order is a
+  pure function of ``(seed, epoch)``: ``seed = data_seed``, or when that is ``None`` rank 0's
+  ``torch.initial_seed()``, broadcast at the start of each epoch so every rank uses the same one.
+* Otherwise any sampler with a ``generator`` attribute (``RandomSampler``, ``SubsetRandomSampler``, ...) gets a
+  ``torch.Generator`` when it has none (seeded from the global torch RNG, as Accelerate does), and at the start of
+  every epoch rank 0's generator state is broadcast to all ranks. Accelerate does this only when ``rng_types``
+  contains ``"generator"``; overdrive always does it for a sharded loader (and for any loader prepared with a
+  ``torch_device_mesh``, whose tp/cp ranks must see the same batches), because without it ranks draw different
+  permutations and see overlapping samples. ``rng_types`` additionally synchronises ``"torch"`` / ``"cuda"`` RNGs.
+
+Both agreements are collectives: every rank must start iterating a sharded loader together (as in Accelerate).
+Without a process group (one process, or rank ``r`` of ``n`` simulated in a test) nothing is broadcast.
+
+``IterableDataset`` sharding, ``dispatch_batches=True`` and ``use_stateful_dataloader=True`` across processes are not
+implemented yet and raise ``NotImplementedError``; with one process an ``IterableDataset`` loader is wrapped as is.
+
+Example:
+    >>> import torch
+    >>> from torch.utils.data import DataLoader
+    >>> dl = prepare_data_loader(DataLoader(list(range(10)), batch_size=2), num_processes=2, process_index=1)
+    >>> [b.tolist() for b in dl]
+    [[2, 3], [6, 7], [0, 1]]
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSampler, Sampler
+
+from .state import GradientState, PartialState
+from .utils.dataclasses import RNGType
+from .utils.operations import send_to_device
+
+__all__ = [
+    "BatchSamplerShard",
+    "DataLoaderShard",
+    "DataLoaderStateMixin",
+    "SeedableRandomSampler",
+    "SkipBatchSampler",
+    "SkipDataLoader",
+    "get_sampler",
+    "prepare_data_loader",
+    "skip_first_batches",
+]
+
+_U64 = 2**64
+
+
+# -- samplers ---------------------------------------------------------------------------------------------------------
+
+
+class SeedableRandomSampler(RandomSampler):
+    """A ``RandomSampler`` whose order depends only on ``(seed, epoch)``: the same on every rank, new each epoch.
+
+    At the start of each pass the generator is re-seeded with ``initial_seed + epoch``; the pass itself is
+    ``RandomSampler``'s (so the order equals Accelerate's for the same seed and epoch). After a full pass ``epoch``
+    advances by one; :meth:`set_epoch` sets it explicitly (prepared loaders call it at every epoch start).
+
+    Args:
+        data_source, replacement, num_samples, generator: as for ``torch.utils.data.RandomSampler``.
+        data_seed: the seed; ``None`` means ``torch.initial_seed()`` (what ``set_seed`` sets). A prepared sharded
+            loader replaces it with rank 0's value so that ranks agree even without ``set_seed``.
+
+    Example:
+        >>> s = SeedableRandomSampler(range(5), data_seed=7)
+        >>> list(s) == list(SeedableRandomSampler(range(5), data_seed=7))
+        True
+        >>> s.set_epoch(1); list(s) != list(SeedableRandomSampler(range(5), data_seed=7))
+        True
+    """
+
+    def __init__(
+        self,
+        data_source: Sized,
+        replacement: bool = False,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+        data_seed: int | None = None,
+    ) -> None:
+        super().__init__(data_source, replacement=replacement, num_samples=num_samples, generator=generator)
+        self.data_seed = data_seed
+        self.initial_seed: int = data_seed if data_seed is not None else torch.initial_seed()
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[int]:
+        if self.generator is None:
+            self.generator = torch.Generator(device=torch.get_default_device())
+        # Modulo 2**64: manual_seed takes any 64-bit value, and seed + epoch must not overflow it.
+        self.generator.manual_seed((self.initial_seed + self.epoch) % _U64)
+        yield from super().__iter__()
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next pass.
+
+        Example:
+            >>> s = SeedableRandomSampler(range(3), data_seed=0); s.set_epoch(2); s.epoch
+            2
+        """
+        self.epoch = epoch
+
+
+class BatchSamplerShard(BatchSampler):
+    """Wrap a batch sampler so that rank ``process_index`` of ``num_processes`` gets only its batches.
+
+    Without ``split_batches`` the wrapped batches are dealt out in rounds of ``num_processes``: rank ``r`` gets the
+    ``r``-th batch of each round. With ``split_batches`` every rank gets the ``r``-th slice of every batch (the batch
+    size must divide by ``num_processes``). The last, incomplete round (or the short last batch) is handled like
+    Accelerate:
+
+    * the wrapped sampler drops its last batch (``drop_last=True``): an incomplete round is dropped;
+    * ``even_batches=True``: it is completed with indices from the start of the data, so every rank gets the same
+      number of batches of the same size (a few samples are seen twice);
+    * ``even_batches=False``: ranks that have data get it as is, the others get nothing more.
+
+    The index lists equal those of ``accelerate.data_loader.BatchSamplerShard`` for batch samplers whose only short
+    batch is the last one (torch's ``BatchSampler``) and for samplers without a ``batch_size``.
+
+    Example:
+        >>> from torch.utils.data import BatchSampler, SequentialSampler
+        >>> bs = BatchSampler(SequentialSampler(range(10)), batch_size=3, drop_last=False)
+        >>> list(BatchSamplerShard(bs, num_processes=2, process_index=1))
+        [[3, 4, 5], [9, 0, 1]]
+    """
+
+    def __init__(
+        self,
+        batch_sampler: Iterable[list[int]],
+        num_processes: int = 1,
+        process_index: int = 0,
+        split_batches: bool = False,
+        even_batches: bool = True,
+    ) -> None:
+        # BatchSampler.__init__ is not called on purpose: it validates a sampler we do not have.
+        if not isinstance(num_processes, int) or num_processes < 1:
+            raise ValueError(f"num_processes={num_processes!r} must be a positive int")
+        if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+            raise ValueError(
+                f"process_index={process_index!r} must be an int in 0..{num_processes - 1} (num_processes - 1)"
+            )
+        self.batch_sampler = batch_sampler
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.split_batches = split_batches
+        self.even_batches = even_batches
+        self.batch_size: int | None = getattr(batch_sampler, "batch_size", None)
+        self.drop_last: bool = bool(getattr(batch_sampler, "drop_last", False))
+        if split_batches and (self.batch_size is None or self.batch_size % num_processes != 0):
+            raise ValueError(
+                f"split_batches=True needs a batch size that divides by num_processes={num_processes}, but the batch "
+                f"sampler's batch_size is {self.batch_size}; use a batch size that is a multiple of {num_processes} "
+                "or split_batches=False"
+            )
+
+    @property
+    def sampler(self) -> Any:
+        """The index sampler of the wrapped batch sampler (``None`` if it has none)."""
+        return getattr(self.batch_sampler, "sampler", None)
+
+    @sampler.setter
+    def sampler(self, sampler: Any) -> None:
+        self.batch_sampler.sampler = sampler  # type: ignore[attr-defined]
+
+    @property
+    def total_length(self) -> int:
+        """Number of batches of the wrapped sampler, over all ranks."""
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        total = len(self.batch_sampler)  # type: ignore[arg-type]
+        if self.split_batches:
+            return total  # every rank gets a slice of every batch
+        rounds, leftover = divmod(total, self.num_processes)
+        if leftover == 0 or self.drop_last:
+            return rounds
+        if self.even_batches:
+            return rounds + 1  # the incomplete round is completed for everyone
+        return rounds + (1 if self.process_index < leftover else 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self._iter_split() if self.split_batches else self._iter_whole_batches()
+
+    def _is_full(self, batch: list[int]) -> bool:
+        # Without a batch_size, batches have no expected size: every batch counts as full.
+        return self.batch_size is None or len(batch) == self.batch_size
+
+    def _iter_whole_batches(self) -> Iterator[list[int]]:
+        n, rank = self.num_processes, self.process_index
+        head: list[list[int]] = []  # the first n batches: the wrap-around source for the last round
+        round_: list[list[int]] = []  # batches of the round being collected
+        for batch in self.batch_sampler:
+            if len(round_) == n:
+                round_ = []  # a complete round ending on a short batch is only kept if it is the last one
+            if not self.drop_last and len(head) < n:
+                head.append(batch)
+            round_.append(batch)
+            # Hand out a round only once every rank has a batch in it and none is short, so ranks stay in step.
+            if len(round_) == n and self._is_full(batch):
+                yield round_[rank]
+                round_ = []
+        if self.drop_last or not head:
+            return
+        tail = round_  # the last, incomplete round (or a complete one whose last batch is short)
+        if not tail:
+            return  # the data ended on a complete round: every rank already has the same number of batches
+        if not self.even_batches:
+            if rank < len(tail):
+                yield tail[rank]
+            return
+        # even_batches: complete the short batch and the round with data from the start, in order.
+        if self.batch_size is None:
+            whole_batches = itertools.cycle(head)
+            for position in range(n):
+                batch = tail[position] if position < len(tail) else next(whole_batches)
+                if position == rank:
+                    yield batch
+            return
+        start_indices = itertools.cycle([index for batch in head for index in batch])
+        for position in range(n):
+            batch = list(tail[position]) if position < len(tail) else []
+            batch += itertools.islice(start_indices, self.batch_size - len(batch))
+            if position == rank:
+                yield batch
+
+    def _iter_split(self) -> Iterator[list[int]]:
+        assert self.batch_size is not None  # checked in __init__
+        per_rank = self.batch_size // self.num_processes
+        mine = slice(per_rank * self.process_index, per_rank * (self.process_index + 1))
+        first: list[int] | None = None
+        last: list[int] = []
+        for batch in self.batch_sampler:
+            if first is None:
+                first = batch
+            last = batch
+            if len(batch) == self.batch_size:
+                yield batch[mine]
+        if self.drop_last or not first or len(last) >= self.batch_size:
+            return
+        if not self.even_batches:
+            if len(last) > mine.start:  # ranks past the end of the short batch get nothing
+                yield last[mine]
+            return
+        # Complete the short last batch with indices from the start of the data (the first batch, repeated).
+        filler = itertools.islice(itertools.cycle(first), self.batch_size - len(last))
+        yield (list(last) + list(filler))[mine]
+
+
+class SkipBatchSampler(BatchSampler):
+    """Yield the batches of ``batch_sampler`` after the first ``skip_batches`` (to resume mid-epoch).
+
+    ``batch_size``, ``drop_last``, ``sampler``, ``num_processes`` and ``split_batches`` read through to the wrapped
+    sampler, so a loader built on it still knows its total batch size and shuffling sampler.
+
+    Example:
+        >>> from torch.utils.data import BatchSampler, SequentialSampler
+        >>> bs = BatchSampler(SequentialSampler(range(6)), batch_size=2, drop_last=False)
+        >>> list(SkipBatchSampler(bs, skip_batches=2))
+        [[4, 5]]
+    """
+
+    def __init__(self, batch_sampler: Iterable[list[int]], skip_batches: int = 0) -> None:
+        self.batch_sampler = batch_sampler
+        self.skip_batches = skip_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.batch_sampler), self.skip_batches, None)
+
+    @property
+    def batch_size(self) -> int | None:  # type: ignore[override]
+        """Batch size of the wrapped sampler."""
+        return getattr(self.batch_sampler, "batch_size", None)
+
+    @property
+    def drop_last(self) -> bool:  # type: ignore[override]
+        """Whether the wrapped sampler drops its last short batch."""
+        return bool(getattr(self.batch_sampler, "drop_last", False))
+
+    @property
+    def sampler(self) -> Any:
+        """The index sampler of the wrapped batch sampler."""
+        return getattr(self.batch_sampler, "sampler", None)
+
+    @sampler.setter
+    def sampler(self, sampler: Any) -> None:
+        self.batch_sampler.sampler = sampler  # type: ignore[attr-defined]
+
+    @property
+    def num_processes(self) -> int:
+        """Ranks the wrapped sampler is sharded over (1 if it is not sharded)."""
+        return int(getattr(self.batch_sampler, "num_processes", 1))
+
+    @property
+    def split_batches(self) -> bool:
+        """Whether the wrapped sampler splits each batch across ranks."""
+        return bool(getattr(self.batch_sampler, "split_batches", False))
+
+    @property
+    def total_length(self) -> int:
+        """Number of batches of the wrapped sampler, skipped ones included."""
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip_batches)  # type: ignore[arg-type]
+
+
+# -- loaders ----------------------------------------------------------------------------------------------------------
+
+
+class DataLoaderStateMixin:
+    """What a prepared loader tells :class:`~overdrive.state.GradientState` while it is iterated.
+
+    ``end_of_dataloader`` becomes True just before the last batch is yielded; ``remainder`` is the number of real
+    samples in the last global batch (``len(dataset) % total_batch_size``; -1 when unknown or when the last batch is
+    dropped). :meth:`begin` registers the loader as the active one and :meth:`end` removes it.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> dl = prepare_data_loader(DataLoader(list(range(5)), batch_size=2), num_processes=1, process_index=0)
+        >>> isinstance(dl, DataLoaderStateMixin), dl.end_of_dataloader
+        (True, False)
+    """
+
+    end_of_dataloader: bool = False
+    remainder: int = -1
+    gradient_state: GradientState
+
+    def reset(self) -> None:
+        """Forget the state of the previous pass.
+
+        Example:
+            >>> from torch.utils.data import DataLoader
+            >>> dl = SkipDataLoader(list(range(3))); dl.reset(); dl.remainder
+            -1
+        """
+        self.end_of_dataloader = False
+        self.remainder = -1
+
+    def begin(self) -> None:
+        """Reset, compute ``remainder`` and register as the active loader.
+
+        Example:
+            >>> dl = SkipDataLoader(list(range(3))); dl.begin(); dl.gradient_state.active_dataloader is dl
+            True
+            >>> dl.end()
+        """
+        self.reset()
+        self.remainder = self._last_batch_remainder()
+        self.gradient_state._add_dataloader(self)
+
+    def end(self) -> None:
+        """Unregister from the gradient state.
+
+        Example:
+            >>> dl = SkipDataLoader(list(range(3))); dl.begin(); dl.end(); dl.gradient_state.in_dataloader
+            False
+        """
+        self.gradient_state._remove_dataloader(self)
+
+    def _last_batch_remainder(self) -> int:
+        return -1
+
+    def _tracked(
+        self,
+        batches: Iterator[Any],
+        skip_batches: int = 0,
+        device: torch.device | str | int | None = None,
+        non_blocking: bool = False,
+    ) -> Iterator[Any]:
+        """Yield ``batches`` after the first ``skip_batches``, one batch ahead so the last one is known in advance."""
+        self.begin()
+        try:
+            try:
+                current = next(batches)
+            except StopIteration:
+                return
+            index = 0
+            while True:
+                if device is not None and index >= skip_batches:
+                    # Moved before fetching the next batch, so the copy overlaps the loading of the next one.
+                    current = send_to_device(current, device, non_blocking=non_blocking)
+                try:
+                    upcoming = next(batches)
+                except StopIteration:
+                    self.end_of_dataloader = True  # set before the last batch so the training step sees it
+                    if index >= skip_batches:
+                        yield current
+                    return
+                if index >= skip_batches:
+                    yield current
+                index += 1
+                current = upcoming
+        finally:
+            # Also runs when the loop over the loader is abandoned (break, exception): the generator is closed.
+            self.end()
+
+
+@functools.cache
+def _dataloader_settings() -> dict[str, Any]:
+    """``DataLoader.__init__`` keyword defaults that sharding does not replace (read once, for this torch)."""
+    replaced = {"self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"}
+    params = inspect.signature(DataLoader.__init__).parameters
+    return {name: p.default for name, p in params.items() if name not in replaced}
+
+
+def _loader_kwargs(dataloader: DataLoader) -> dict[str, Any]:
+    """The settings of ``dataloader`` (workers, collate_fn, pin_memory, ...) to build an equivalent loader."""
+    return {name: getattr(dataloader, name, default) for name, default in _dataloader_settings().items()}
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _broadcast_from_rank0(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``tensor`` on every rank (a CPU tensor of the same dtype)."""
+    if dist.get_backend() == "nccl":
+        # nccl only moves CUDA tensors; the result goes back to the CPU where RNG states live.
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.broadcast(on_gpu, src=0)
+        return on_gpu.cpu()
+    dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def _normalise_rng_types(rng_types: Iterable[str | RNGType] | None) -> list[str] | None:
+    if rng_types is None:
+        return None
+    allowed = [t.value for t in RNGType]
+    names = []
+    for rng in rng_types:
+        name = str(getattr(rng, "value", rng))
+        if name not in allowed:
+            raise ValueError(f"rng_types contains {rng!r}; allowed values are {allowed}")
+        names.append(name)
+    return names
+
+
+class DataLoaderShard(DataLoaderStateMixin, DataLoader):
+    """A ``DataLoader`` that yields this rank's batches on ``device`` and reports its progress to the gradient state.
+
+    Built by :func:`prepare_data_loader`; the keyword arguments not listed below go to ``DataLoader``. At the start
+    of each pass it agrees with the other ranks on the shuffle order (see the module docstring), calls
+    :meth:`set_epoch` with :attr:`iteration`, and registers itself with :class:`~overdrive.state.GradientState`
+    until the pass ends or is abandoned. ``iteration`` counts completed passes.
+
+    Args:
+        dataset: the dataset.
+        device: where to move each batch (``None``: leave batches where the collate function made them).
+        rng_types: RNGs to copy from rank 0 at each pass start (``"torch"``, ``"cuda"``, ``"generator"``).
+        synchronized_generator: the sampler's generator, copied from rank 0 at each pass start.
+        skip_batches: batches to skip at the start of every pass.
+        use_stateful_dataloader: not supported yet (``NotImplementedError``).
+        iteration: the pass counter to start from.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> dl = prepare_data_loader(DataLoader(list(range(6)), batch_size=2), num_processes=2, process_index=0)
+        >>> len(dl), dl.total_batch_size, [b.tolist() for b in dl]
+        (2, 4, [[0, 1], [4, 5]])
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        device: torch.device | str | int | None = None,
+        rng_types: list[str | RNGType] | None = None,
+        synchronized_generator: torch.Generator | None = None,
+        skip_batches: int = 0,
+        use_stateful_dataloader: bool = False,
+        _drop_last: bool = False,
+        _non_blocking: bool = False,
+        torch_device_mesh: Any = None,
+        iteration: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if use_stateful_dataloader:
+            raise NotImplementedError(
+                "use_stateful_dataloader=True (torchdata StatefulDataLoader) is not supported by overdrive yet; "
+                "use use_stateful_dataloader=False and resume with skip_first_batches"
+            )
+        super().__init__(dataset, **kwargs)
+        self.device = device
+        self.rng_types = _normalise_rng_types(rng_types)
+        self.synchronized_generator = synchronized_generator
+        self.skip_batches = skip_batches
+        self.use_stateful_dataloader = use_stateful_dataloader
+        self.torch_device_mesh = torch_device_mesh
+        self.iteration = iteration
+        self.gradient_state = GradientState()
+        self._drop_last = _drop_last
+        self._non_blocking = _non_blocking
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        self._agree_on_randomness()
+        self.set_epoch(self.iteration)
+        yield from self._tracked(super().__iter__(), self.skip_batches, self.device, self._non_blocking)
+        self.iteration += 1  # only after a complete pass: an abandoned pass does not count as an epoch
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip_batches)
+
+    def _index_batch_sampler(self) -> Any:
+        """The batch sampler in use: ``sampler`` when the user passed a ``BatchSampler`` as the sampler."""
+        return self.sampler if isinstance(self.sampler, BatchSampler) else self.batch_sampler
+
+    def _agree_on_randomness(self) -> None:
+        """Copy rank 0's shuffle state to every rank (a collective; nothing without a multi-process group)."""
+        if _world_size() == 1:
+            return
+        kinds = list(self.rng_types or [])
+        if "torch" in kinds:
+            torch.set_rng_state(_broadcast_from_rank0(torch.get_rng_state()))
+        if "cuda" in kinds and torch.cuda.is_available():
+            torch.cuda.set_rng_state(_broadcast_from_rank0(torch.cuda.get_rng_state()))
+        if self.synchronized_generator is not None:
+            # Always, not only for rng_types=["generator"]: ranks with different permutations would overlap.
+            state = _broadcast_from_rank0(self.synchronized_generator.get_state())
+            self.synchronized_generator.set_state(state)
+        sampler = self.get_sampler()
+        sharded = getattr(self._index_batch_sampler(), "num_processes", 1) > 1
+        agree = sharded or self.torch_device_mesh is not None  # tp/cp ranks need the same order too
+        if isinstance(sampler, SeedableRandomSampler) and sampler.data_seed is None and agree:
+            # torch.initial_seed() differs between ranks unless set_seed was called; use rank 0's.
+            signed = sampler.initial_seed - _U64 if sampler.initial_seed >= 2**63 else sampler.initial_seed
+            agreed = _broadcast_from_rank0(torch.tensor([signed], dtype=torch.int64))
+            sampler.initial_seed = int(agreed.item()) % _U64
+
+    def _last_batch_remainder(self) -> int:
+        total = self.total_batch_size
+        if self._drop_last or not total:
+            return -1
+        try:
+            return self.total_dataset_length % total
+        except (TypeError, NotImplementedError, AttributeError):  # datasets without a length
+            return -1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch on this loader (``iteration``), its samplers and, if they do not reshuffle, the dataset.
+
+        Example:
+            >>> from torch.utils.data import DataLoader
+            >>> dl = prepare_data_loader(DataLoader(list(range(4)), shuffle=True), use_seedable_sampler=True)
+            >>> dl.set_epoch(3); dl.iteration, dl.get_sampler().epoch
+            (3, 3)
+        """
+        self.iteration = epoch
+        batch_sampler = self._index_batch_sampler()
+        called: set[int] = set()
+        for obj in (batch_sampler, getattr(batch_sampler, "sampler", None)):
+            if hasattr(obj, "set_epoch") and id(obj) not in called:
+                obj.set_epoch(epoch)
+                called.add(id(obj))
+        inner = getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None)
+        if hasattr(inner, "set_epoch"):
+            if id(inner) not in called:
+                inner.set_epoch(epoch)
+        elif hasattr(self.dataset, "set_epoch"):
+            # As in Accelerate: datasets that shuffle themselves (e.g. HF streaming datasets) follow the epoch too.
+            self.dataset.set_epoch(epoch)
+
+    @property
+    def total_batch_size(self) -> int | None:
+        """Samples per step over all ranks (the loader's batch size with ``split_batches``); ``None`` if unknown.
+
+        Example:
+            >>> from torch.utils.data import DataLoader
+            >>> prepare_data_loader(DataLoader(list(range(8)), batch_size=2), num_processes=2,
+            ...                     process_index=0).total_batch_size
+            4
+        """
+        batch_sampler = self._index_batch_sampler()
+        if batch_sampler is None:  # batch_size=None (no automatic batching, one process): one sample per step
+            return 1
+        size = getattr(batch_sampler, "batch_size", None)
+        if size is None:
+            return None
+        if getattr(batch_sampler, "split_batches", False):
+            return int(size)
+        return int(size) * int(getattr(batch_sampler, "num_processes", 1))
+
+    @property
+    def total_dataset_length(self) -> int:
+        """Number of samples in the dataset over all ranks.
+
+        Example:
+            >>> from torch.utils.data import DataLoader
+            >>> prepare_data_loader(DataLoader(list(range(8))), num_processes=1, process_index=0).total_dataset_length
+            8
+        """
+        if hasattr(self.dataset, "total_length"):
+            return int(self.dataset.total_length)
+        return len(self.dataset)
+
+    def get_sampler(self) -> Any:
+        """The index sampler (e.g. the ``RandomSampler``) behind the batch sampler.
+
+        Example:
+            >>> from torch.utils.data import DataLoader, SequentialSampler
+            >>> dl = prepare_data_loader(DataLoader(list(range(4))), num_processes=1, process_index=0)
+            >>> isinstance(dl.get_sampler(), SequentialSampler)
+            True
+        """
+        return get_sampler(self)
+
+    def set_sampler(self, sampler: Sampler[int]) -> None:
+        """Replace the index sampler behind the batch sampler (and behind a sharded sampler's wrapped one).
+
+        Example:
+            >>> from torch.utils.data import DataLoader, SequentialSampler
+            >>> dl = prepare_data_loader(DataLoader(list(range(4))), num_processes=1, process_index=0)
+            >>> dl.set_sampler(SequentialSampler(range(2))); len(list(dl))
+            2
+        """
+        batch_sampler = self._index_batch_sampler()
+        batch_sampler.sampler = sampler
+        inner = getattr(batch_sampler, "batch_sampler", None)
+        if inner is not None and hasattr(inner, "sampler"):
+            inner.sampler = sampler
+
+
+class SkipDataLoader(DataLoaderStateMixin, DataLoader):
+    """A ``DataLoader`` that skips its first ``skip_batches`` batches in every pass (used for iterable datasets).
+
+    Example:
+        >>> [b.tolist() for b in SkipDataLoader(list(range(6)), skip_batches=1, batch_size=2)]
+        [[2, 3], [4, 5]]
+    """
+
+    def __init__(
+        self, dataset: Any, skip_batches: int = 0, use_stateful_dataloader: bool = False, **kwargs: Any
+    ) -> None:
+        if use_stateful_dataloader:
+            raise NotImplementedError(
+                "use_stateful_dataloader=True (torchdata StatefulDataLoader) is not supported by overdrive yet; "
+                "use use_stateful_dataloader=False"
+            )
+        super().__init__(dataset, **kwargs)
+        self.skip_batches = skip_batches
+        self.use_stateful_dataloader = use_stateful_dataloader
+        self.gradient_state = GradientState()
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        yield from self._tracked(super().__iter__(), self.skip_batches)
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip_batches)
+
+
+def get_sampler(dataloader: DataLoader) -> Any:
+    """The index sampler of ``dataloader`` (the one inside its batch sampler), or ``None``.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, RandomSampler
+        >>> isinstance(get_sampler(DataLoader(list(range(4)), shuffle=True)), RandomSampler)
+        True
+    """
+    if isinstance(dataloader.sampler, BatchSampler):
+        return getattr(dataloader.sampler, "sampler", None)
+    return getattr(dataloader.batch_sampler, "sampler", None)
+
+
+# -- preparation ------------------------------------------------------------------------------------------------------
+
+
+def _with_sampler(batch_sampler: Any, sampler: Sampler[int]) -> Any:
+    """A batch sampler like ``batch_sampler`` over ``sampler``, leaving the user's objects untouched."""
+    if type(batch_sampler) is BatchSampler:
+        return BatchSampler(sampler, batch_sampler.batch_size, batch_sampler.drop_last)
+    replaced = copy.copy(batch_sampler)  # custom batch samplers: same settings, new index sampler
+    replaced.sampler = sampler
+    return replaced
+
+
+def _data_parallel_coordinates(mesh: Any, num_processes: int, process_index: int) -> tuple[int, int]:
+    """Data-parallel (size, rank) on a device mesh: ranks that differ only along "tp"/"cp" get the same batches.
+
+    The data-parallel size is the product of the "dp_replicate"/"dp_shard" dimensions when the mesh names them
+    (FSDP/DDP meshes), else the processes divided by the tp * cp group size (e.g. a DeepSpeed ("dp", "tp") mesh).
+    Read from the mesh's names only, so no strategy check is needed here.
+    """
+    names = tuple(mesh.mesh_dim_names or ())
+
+    def size(name: str) -> int:
+        return int(mesh[name].size()) if name in names else 1
+
+    same_batch_group = size("tp") * size("cp")
+    if "dp_replicate" in names or "dp_shard" in names:
+        return size("dp_replicate") * size("dp_shard"), process_index // same_batch_group
+    return max(1, num_processes // same_batch_group), process_index // same_batch_group
+
+
+def prepare_data_loader(
+    dataloader: DataLoader,
+    device: torch.device | None = None,
+    num_processes: int | None = None,
+    process_index: int | None = None,
+    split_batches: bool = False,
+    put_on_device: bool = False,
+    rng_types: list[str | RNGType] | None = None,
+    dispatch_batches: bool | None = None,
+    even_batches: bool = True,
+    slice_fn_for_dispatch: Callable[..., Any] | None = None,
+    use_seedable_sampler: bool = False,
+    data_seed: int | None = None,
+    non_blocking: bool = False,
+    use_stateful_dataloader: bool = False,
+    torch_device_mesh: Any = None,
+) -> DataLoader:
+    """Return a :class:`DataLoaderShard` that yields this process's share of ``dataloader``'s batches.
+
+    Same signature and meaning as ``accelerate.data_loader.prepare_data_loader``. Without ``split_batches`` each
+    rank gets whole batches (the global batch is ``batch_size * num_processes``); with it each batch is split
+    (``batch_size`` must divide by ``num_processes``). ``even_batches`` completes the last round with samples from
+    the start so all ranks take the same number of steps. ``num_processes`` / ``process_index`` default to
+    :class:`~overdrive.state.PartialState`'s. The user's loader and samplers are not modified.
+
+    Raises:
+        ValueError: ``split_batches`` with a batch size that does not divide by ``num_processes``;
+            ``dispatch_batches=True`` without ``put_on_device``; a bad ``process_index`` or ``rng_types``.
+        NotImplementedError: an ``IterableDataset`` or ``dispatch_batches=True`` across several processes, or
+            ``use_stateful_dataloader=True``.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> dl = prepare_data_loader(DataLoader(list(range(8)), batch_size=4), num_processes=2, process_index=1,
+        ...                          split_batches=True)
+        >>> [b.tolist() for b in dl]
+        [[2, 3], [6, 7]]
+    """
+    if not isinstance(dataloader, DataLoader):
+        raise TypeError(f"prepare_data_loader needs a torch.utils.data.DataLoader, got {type(dataloader).__name__}")
+    dataset = dataloader.dataset
+    is_iterable = isinstance(dataset, IterableDataset)
+    if dispatch_batches is None:
+        dispatch_batches = put_on_device and is_iterable  # Accelerate's default
+    if dispatch_batches and not put_on_device:
+        raise ValueError("dispatch_batches=True needs put_on_device=True; pass both or neither")
+    if use_stateful_dataloader:
+        raise NotImplementedError(
+            "use_stateful_dataloader=True (torchdata StatefulDataLoader) is not supported by overdrive yet; "
+            "set DataLoaderConfiguration(use_stateful_dataloader=False) and resume with skip_first_batches"
+        )
+    state = PartialState()
+    num_processes = state.num_processes if num_processes is None else num_processes
+    process_index = state.process_index if process_index is None else process_index
+    if torch_device_mesh is not None:
+        num_processes, process_index = _data_parallel_coordinates(torch_device_mesh, num_processes, process_index)
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes={num_processes!r} must be a positive int")
+    if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index={process_index!r} must be an int in 0..{num_processes - 1}")
+    rng_names = _normalise_rng_types(rng_types)  # also copies: the caller's list is never modified
+    sharded = num_processes > 1
+    if sharded and is_iterable:
+        raise NotImplementedError(
+            f"sharding an IterableDataset ({type(dataset).__name__}) across {num_processes} processes is not "
+            "supported by overdrive yet; use a map-style Dataset (with __getitem__ and __len__) or run one process"
+        )
+    if sharded and dispatch_batches:
+        raise NotImplementedError(
+            f"dispatch_batches=True across {num_processes} processes is not supported by overdrive yet; "
+            "use dispatch_batches=False (each process loads its own batches)"
+        )
+
+    sampler_is_batch_sampler = isinstance(dataloader.sampler, BatchSampler)
+    batch_sampler = dataloader.sampler if sampler_is_batch_sampler else dataloader.batch_sampler
+    if sharded and batch_sampler is None:
+        raise ValueError(
+            "DataLoader(batch_size=None) has no batch sampler to shard across processes; give the DataLoader a "
+            "batch_size or a batch_sampler"
+        )
+    if split_batches and sharded:
+        size = getattr(batch_sampler, "batch_size", None)
+        if size is None or size % num_processes != 0:
+            raise ValueError(
+                f"split_batches=True needs the DataLoader's batch size to be a multiple of num_processes="
+                f"{num_processes}, got batch_size={size}; use a batch size divisible by {num_processes} or "
+                "split_batches=False"
+            )
+
+    synchronized_generator = None
+    if not is_iterable and batch_sampler is not None:
+        sampler = get_sampler(dataloader)
+        if use_seedable_sampler and isinstance(sampler, RandomSampler):
+            seedable = SeedableRandomSampler(
+                sampler.data_source,
+                replacement=sampler.replacement,
+                num_samples=sampler._num_samples,
+                generator=sampler.generator,
+                data_seed=data_seed,
+            )
+            batch_sampler = _with_sampler(batch_sampler, seedable)
+        elif (sharded or torch_device_mesh is not None) and hasattr(sampler, "generator"):
+            # With a mesh, ranks along tp/cp must also shuffle alike even when the data-parallel size is 1.
+            if sampler.generator is None:
+                # Give the sampler its own generator so its state can be copied from rank 0 at each epoch start.
+                sampler = copy.copy(sampler)
+                sampler.generator = torch.Generator(device=torch.get_default_device())
+                sampler.generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+                batch_sampler = _with_sampler(batch_sampler, sampler)
+            synchronized_generator = sampler.generator
+        if sharded:
+            batch_sampler = BatchSamplerShard(
+                batch_sampler,
+                num_processes=num_processes,
+                process_index=process_index,
+                split_batches=split_batches,
+                even_batches=even_batches,
+            )
+
+    drops_last = bool(dataloader.drop_last or getattr(batch_sampler, "drop_last", False))
+    common: dict[str, Any] = {
+        "device": device if put_on_device else None,
+        "rng_types": rng_names,
+        "synchronized_generator": synchronized_generator,
+        "_drop_last": drops_last,
+        "_non_blocking": non_blocking,
+        "torch_device_mesh": torch_device_mesh,
+        **_loader_kwargs(dataloader),
+    }
+    if is_iterable:
+        return DataLoaderShard(dataset, batch_size=dataloader.batch_size, drop_last=dataloader.drop_last, **common)
+    if batch_sampler is None:  # batch_size=None on one process: samples one by one, as the user asked
+        return DataLoaderShard(dataset, sampler=dataloader.sampler, batch_size=None, **common)
+    if sampler_is_batch_sampler:
+        return DataLoaderShard(dataset, sampler=batch_sampler, batch_size=dataloader.batch_size, **common)
+    return DataLoaderShard(dataset, batch_sampler=batch_sampler, **common)
+
+
+def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoader:
+    """A loader like ``dataloader`` whose passes start after ``num_batches`` batches (to resume mid-epoch).
+
+    A :class:`DataLoaderShard` gives a :class:`DataLoaderShard` with the same device, RNG agreement and
+    ``iteration``; a plain ``DataLoader`` gives a plain ``DataLoader`` over a :class:`SkipBatchSampler`
+    (a :class:`SkipDataLoader` for iterable datasets).
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> [b.tolist() for b in skip_first_batches(DataLoader(list(range(6)), batch_size=2), num_batches=2)]
+        [[4, 5]]
+    """
+    if not isinstance(num_batches, int) or num_batches < 0:
+        raise ValueError(f"num_batches={num_batches!r} must be an int >= 0 (the number of batches to skip)")
+    dataset = dataloader.dataset
+    kwargs = _loader_kwargs(dataloader)
+    is_shard = isinstance(dataloader, DataLoaderShard)
+    if is_shard:
+        kwargs.update(
+            device=dataloader.device,
+            rng_types=dataloader.rng_types,
+            synchronized_generator=dataloader.synchronized_generator,
+            iteration=dataloader.iteration,
+            _drop_last=dataloader._drop_last,
+            _non_blocking=dataloader._non_blocking,
+            torch_device_mesh=dataloader.torch_device_mesh,
+        )
+    sampler_is_batch_sampler = isinstance(dataloader.sampler, BatchSampler)
+    batch_sampler = dataloader.sampler if sampler_is_batch_sampler else dataloader.batch_sampler
+    if isinstance(dataset, IterableDataset) or batch_sampler is None:
+        # No batch sampler to skip in: skip while iterating instead.
+        kwargs.update(batch_size=dataloader.batch_size, skip_batches=num_batches)
+        if not isinstance(dataset, IterableDataset):
+            kwargs["sampler"] = dataloader.sampler
+        else:
+            kwargs["drop_last"] = dataloader.drop_last
+        return DataLoaderShard(dataset, **kwargs) if is_shard else SkipDataLoader(dataset, **kwargs)
+    skipping = SkipBatchSampler(batch_sampler, skip_batches=num_batches)
+    if sampler_is_batch_sampler:
+        kwargs.update(sampler=skipping, batch_size=dataloader.batch_size)
+    else:
+        kwargs["batch_sampler"] = skipping
+    return DataLoaderShard(dataset, **kwargs) if is_shard else DataLoader(dataset, **kwargs)
