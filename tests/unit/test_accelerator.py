@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from overdrive import Accelerator, DistributedType, GradientAccumulationPlugin
+from overdrive.commands.launch import parse_launch_args
 from overdrive.optimizer import AcceleratedOptimizer
 from overdrive.scheduler import AcceleratedScheduler
 from overdrive.strategies import DDPStrategy, SingleDeviceStrategy, select_strategy
@@ -259,6 +260,12 @@ def test_save_model_handles_tied_weights(tmp_path) -> None:
         (lambda: Accelerator().backward(1.0), TypeError, "float"),
         (lambda: Accelerator().prepare_model("model"), TypeError, "str"),
         (lambda: Accelerator().save_model(nn.Linear(1, 1), "x", max_shard_size="ten"), ValueError, "ten"),
+        (lambda: parse_launch_args(["--num_proceses", "2", "train.py"]), ValueError,
+         "'--num_proceses'; did you mean '--num_processes'"),
+        (lambda: parse_launch_args(["--num_processes", "2", "/nonexistent/train.py"]), ValueError,
+         "'/nonexistent/train.py' does not exist"),
+        (lambda: parse_launch_args(["--num_processes", "0", "train.py"]), ValueError, "--num_processes=0"),
+        (lambda: parse_launch_args(["--mixed_precision", "fp17", "train.py"]), ValueError, "fp17"),
     ],
 )
 def test_bad_inputs(make, exc: type, needle: str) -> None:

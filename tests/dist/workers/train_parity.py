@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from overdrive import Accelerator, InitProcessGroupKwargs
+from overdrive import Accelerator, GradientAccumulationPlugin, InitProcessGroupKwargs
 
 N, B, STEPS = 56, 4, 20  # per-rank loader length 14 (world 1) or 7 (world 2): not divisible by 4
 RANK = int(os.environ.get("RANK", "0"))
@@ -54,8 +54,11 @@ def reference(accum: int, clip: float | None, world: int) -> tuple[list[torch.Te
     return [p.detach().clone() for p in model.parameters()], norms
 
 
-def train(accum: int, clip: float | None) -> tuple[list[torch.Tensor], list[float], list[tuple[bool, int]], int]:
-    acc = Accelerator(gradient_accumulation_steps=accum, kwargs_handlers=HANDLERS)
+def train(
+    accum: int, clip: float | None, each_batch: bool = False
+) -> tuple[list[torch.Tensor], list[float], list[tuple[bool, int]], int]:
+    plugin = GradientAccumulationPlugin(num_steps=accum, sync_each_batch=each_batch)
+    acc = Accelerator(gradient_accumulation_plugin=plugin, kwargs_handlers=HANDLERS)
     x, y = make_data()
     model = make_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -92,20 +95,25 @@ def train(accum: int, clip: float | None) -> tuple[list[torch.Tensor], list[floa
 
 def check_parity() -> int:
     world = 1
-    for accum, clip in ((1, None), (2, None), (4, None), (2, 0.05)):
-        params, norms, log, world = train(accum, clip)
+    for accum, clip, each_batch in ((1, None, False), (2, None, False), (4, None, False), (2, 0.05, False),
+                                    (4, None, True)):
+        params, norms, log, world = train(accum, clip, each_batch)
         ref_params, ref_norms = reference(accum, clip, world)
         for p, q in zip(params, ref_params):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
         if clip is not None:
             assert len(norms) == STEPS and norms[0] > clip, norms[:3]
             torch.testing.assert_close(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-5, atol=0)
-        if world > 1:
+        if world > 1 and each_batch:
+            # sync_each_batch: gradients are all-reduced on every micro-step (memory over communication).
+            assert all(n >= 1 for _, n in log), log
+        elif world > 1:
             # No all-reduce on accumulation micro-steps; at least one bucket on every sync step.
             assert all(n == 0 for synced, n in log if not synced), log
             assert all(n >= 1 for synced, n in log if synced), log
             assert sum(not s for s, _ in log) > 0 or accum == 1
-        print(f"PARITY OK rank={RANK} world={world} accum={accum} clip={clip} micro_steps={len(log)}", flush=True)
+        print(f"PARITY OK rank={RANK} world={world} accum={accum} clip={clip} each_batch={each_batch} "
+              f"micro_steps={len(log)}", flush=True)
     return world
 
 
