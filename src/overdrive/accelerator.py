@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import torch
 
 from . import checkpointing
-from .data_loader import DataLoaderShard, prepare_data_loader, skip_first_batches
+from .data_loader import prepare_data_loader, skip_first_batches
 from .logging import get_logger
 from .optimizer import AcceleratedOptimizer
 from .precision import Precision, make_precision
@@ -367,8 +367,8 @@ class Accelerator:
             >>> sched = acc.prepare_scheduler(torch.optim.lr_scheduler.StepLR(opt, 1))
         """
         # Give the scheduler the prepared optimizer(s) wrapping the optimizer it was built on.
-        optimizers = [o for o in self._optimizers if o.optimizer is getattr(scheduler, "optimizer", None)]
-        optimizers = optimizers or [getattr(scheduler, "optimizer", None)]
+        base = getattr(scheduler, "optimizer", None)
+        optimizers: list[Any] = [o for o in self._optimizers if o.optimizer is base] or [base]
         wrapped = AcceleratedScheduler(
             scheduler,
             optimizers,
@@ -381,7 +381,7 @@ class Accelerator:
     def prepare_data_loader(
         self, data_loader: torch.utils.data.DataLoader, device_placement: bool | None = None,
         slice_fn_for_dispatch: Callable[..., Any] | None = None,
-    ) -> DataLoaderShard:
+    ) -> torch.utils.data.DataLoader:
         """Shard ``data_loader`` across processes and move its batches to the device.
 
         Example:

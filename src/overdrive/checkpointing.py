@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -138,17 +139,21 @@ def save_model_weights(
     else:
         names = [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
     for shard, name in zip(shards, names):
-        _atomic_write(directory / name, lambda p, shard=shard: write(shard, p))
+        _atomic_write(directory / name, functools.partial(write, shard))
     written = list(names)
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
             "weight_map": {k: name for shard, name in zip(shards, names) for k in shard},
         }
-        _atomic_write(directory / index_name, lambda p: Path(p).write_text(json.dumps(index, indent=2, sort_keys=True)))
+        _atomic_write(directory / index_name, functools.partial(_write_json, index))
         written.append(index_name)
     _remove_stale(directory, prefix, ext, index_name, set(written))
     return written
+
+
+def _write_json(obj: Any, path: str) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _remove_stale(directory: Path, prefix: str, ext: str, index_name: str, keep: set[str]) -> None:

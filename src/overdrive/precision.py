@@ -100,9 +100,9 @@ class AutocastPrecision(Precision):
             with autocast():
                 return original(*args, **kwargs)
 
-        model._overdrive_original_forward = original  # type: ignore[attr-defined]
+        model.__dict__["_overdrive_original_forward"] = original  # read back by remove_autocast_wrapper
         # fp32 outputs let the user's loss code stay unchanged (Accelerate's convert_outputs_to_fp32).
-        model.forward = types.MethodType(convert_outputs_to_fp32(forward), model)  # type: ignore[method-assign]
+        model.forward = types.MethodType(convert_outputs_to_fp32(forward), model)  # type: ignore[method-assign,assignment]
 
 
 class GradScalerPrecision(AutocastPrecision):

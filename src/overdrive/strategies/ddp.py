@@ -47,11 +47,11 @@ class DDPStrategy(Strategy):
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
         if hook_type in (DDPCommunicationHookType.FP16, DDPCommunicationHookType.BF16):
-            hook = default_hooks.fp16_compress_hook if hook_type == "fp16" else default_hooks.bf16_compress_hook
-            ddp.register_comm_hook(None, hook)
+            compress_hook = default_hooks.fp16_compress_hook if hook_type == "fp16" else default_hooks.bf16_compress_hook
+            ddp.register_comm_hook(None, compress_hook)
             return
         state = powerSGD_hook.PowerSGDState(process_group=None, **self.ddp_kwargs.comm_state_option)
-        hook = (
+        hook: Any = (
             powerSGD_hook.powerSGD_hook
             if hook_type == DDPCommunicationHookType.POWER_SGD
             else powerSGD_hook.batched_powerSGD_hook
