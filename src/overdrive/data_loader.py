@@ -161,7 +161,8 @@ class BatchSamplerShard(BatchSampler):
         self.process_index = process_index
         self.split_batches = split_batches
         self.even_batches = even_batches
-        self.batch_size: int | None = getattr(batch_sampler, "batch_size", None)
+        # torch types BatchSampler.batch_size as int, but a wrapped sampler without a batch_size gives None here
+        self.batch_size: int | None = getattr(batch_sampler, "batch_size", None)  # type: ignore[assignment]
         self.drop_last: bool = bool(getattr(batch_sampler, "drop_last", False))
         if split_batches and (self.batch_size is None or self.batch_size % num_processes != 0):
             raise ValueError(
@@ -565,11 +566,11 @@ class DataLoaderShard(DataLoaderStateMixin, DataLoader):
         batch_sampler = self._index_batch_sampler()
         called: set[int] = set()
         for obj in (batch_sampler, getattr(batch_sampler, "sampler", None)):
-            if hasattr(obj, "set_epoch") and id(obj) not in called:
+            if obj is not None and hasattr(obj, "set_epoch") and id(obj) not in called:
                 obj.set_epoch(epoch)
                 called.add(id(obj))
         inner = getattr(getattr(batch_sampler, "batch_sampler", None), "sampler", None)
-        if hasattr(inner, "set_epoch"):
+        if inner is not None and hasattr(inner, "set_epoch"):
             if id(inner) not in called:
                 inner.set_epoch(epoch)
         elif hasattr(self.dataset, "set_epoch"):
@@ -605,9 +606,15 @@ class DataLoaderShard(DataLoaderStateMixin, DataLoader):
             >>> prepare_data_loader(DataLoader(list(range(8))), num_processes=1, process_index=0).total_dataset_length
             8
         """
-        if hasattr(self.dataset, "total_length"):
-            return int(self.dataset.total_length)
-        return len(self.dataset)
+        dataset = self.dataset
+        if hasattr(dataset, "total_length"):
+            return int(dataset.total_length)
+        if not isinstance(dataset, Sized):  # torch's Dataset does not promise __len__ (e.g. iterable datasets)
+            raise TypeError(
+                f"object of type {type(dataset).__name__!r} has no len(): the dataset defines neither __len__ nor "
+                "total_length, so its length is unknown"
+            )
+        return len(dataset)
 
     def get_sampler(self) -> Any:
         """The index sampler (e.g. the ``RandomSampler``) behind the batch sampler.
@@ -862,7 +869,7 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
     dataset = dataloader.dataset
     kwargs = _loader_kwargs(dataloader)
     is_shard = isinstance(dataloader, DataLoaderShard)
-    if is_shard:
+    if isinstance(dataloader, DataLoaderShard):  # not `if is_shard`: mypy narrows only on the isinstance itself
         kwargs.update(
             device=dataloader.device,
             rng_types=dataloader.rng_types,

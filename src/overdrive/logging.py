@@ -70,15 +70,15 @@ class MultiProcessAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         in_order = kwargs.pop("in_order", False)
         if not self.isEnabledFor(level):
             return
-        msg, kwargs = self.process(msg, kwargs)
+        msg, log_kwargs = self.process(msg, kwargs)
         if in_order:
             state = PartialState()
             for rank in range(state.num_processes):
                 if rank == state.process_index:
-                    self.logger.log(level, msg, *args, **kwargs)
+                    self.logger.log(level, msg, *args, **log_kwargs)
                 state.wait_for_everyone()  # rank r+1 writes only after rank r has
         elif self._should_log(main_process_only):
-            self.logger.log(level, msg, *args, **kwargs)
+            self.logger.log(level, msg, *args, **log_kwargs)
 
     def warning_once(self, *args: Any, **kwargs: Any) -> None:
         """``warning(...)`` that emits each distinct call (same arguments) only once per adapter.

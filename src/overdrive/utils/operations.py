@@ -146,6 +146,13 @@ def honor_type(obj: Any, generator: Any) -> Any:
     return type(obj)(generator)
 
 
+def _same_mapping_type(original: Mapping[Any, Any], items: dict[Any, Any]) -> Any:
+    """Rebuild ``items`` as the concrete mapping type of ``original`` (dict, OrderedDict, BatchEncoding-like...)."""
+    # the concrete class takes a dict positionally; abstract Mapping's type gives mypy no such constructor
+    mapping_type: Callable[[dict[Any, Any]], Any] = type(original)
+    return mapping_type(items)
+
+
 def recursively_apply(
     func: Callable[..., Any],
     data: Any,
@@ -161,11 +168,26 @@ def recursively_apply(
         >>> recursively_apply(lambda t: t * 2, [torch.tensor(1), {"a": torch.tensor(2)}])
         [tensor(2), {'a': tensor(4)}]
     """
-    options = {"test_type": test_type, "error_on_other_type": error_on_other_type}
     if isinstance(data, (tuple, list)):
-        return honor_type(data, (recursively_apply(func, o, *args, **options, **kwargs) for o in data))
+        return honor_type(
+            data,
+            (
+                recursively_apply(
+                    func, o, *args, test_type=test_type, error_on_other_type=error_on_other_type, **kwargs
+                )
+                for o in data
+            ),
+        )
     if isinstance(data, Mapping):
-        return type(data)({k: recursively_apply(func, v, *args, **options, **kwargs) for k, v in data.items()})
+        return _same_mapping_type(
+            data,
+            {
+                k: recursively_apply(
+                    func, v, *args, test_type=test_type, error_on_other_type=error_on_other_type, **kwargs
+                )
+                for k, v in data.items()
+            },
+        )
     if test_type(data):
         return func(data, *args, **kwargs)
     if error_on_other_type:
@@ -194,8 +216,9 @@ def send_to_device(
         return honor_type(tensor, (send_to_device(t, device, non_blocking, skip_keys) for t in tensor))
     if isinstance(tensor, Mapping):
         skip = skip_keys or ()
-        return type(tensor)(
-            {k: v if k in skip else send_to_device(v, device, non_blocking, skip_keys) for k, v in tensor.items()}
+        return _same_mapping_type(
+            tensor,
+            {k: v if k in skip else send_to_device(v, device, non_blocking, skip_keys) for k, v in tensor.items()},
         )
     if isinstance(tensor, torch.Tensor):
         return tensor.to(device, non_blocking=non_blocking)
@@ -335,7 +358,7 @@ def concatenate(data: Any, dim: int = 0) -> Any:
     if isinstance(first, (tuple, list)):
         return honor_type(first, (concatenate([d[i] for d in data], dim=dim) for i in range(len(first))))
     if isinstance(first, Mapping):
-        return type(first)({k: concatenate([d[k] for d in data], dim=dim) for k in first})
+        return _same_mapping_type(first, {k: concatenate([d[k] for d in data], dim=dim) for k in first})
     if isinstance(first, torch.Tensor):
         return torch.cat(list(data), dim=dim)
     if len(data) == 1:
