@@ -18,6 +18,8 @@ import atexit
 import contextlib
 import gc
 import os
+import sys
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -34,12 +36,19 @@ __all__ = ["AcceleratorState", "GradientState", "PartialState", "is_initialized"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Modules wrapped for data parallelism that must be released before the process group goes away (see _teardown).
+# DDP-like wrappers the library created; a WeakSet so that tracking never keeps a model alive.
 _LIVE_WRAPPERS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 def register_wrapper(module: torch.nn.Module) -> None:
-    """Record a DDP-like wrapper so that teardown can release its communication state before exit."""
+    """Record a DDP-like wrapper the library created, so that teardown knows communication state exists.
+
+    Tracking is weak: a registered module is forgotten as soon as nothing else refers to it.
+
+    Example:
+        >>> import torch
+        >>> register_wrapper(torch.nn.Linear(2, 2))
+    """
     _LIVE_WRAPPERS.add(module)
 
 
@@ -48,24 +57,44 @@ def _int_env(name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
-def _teardown() -> None:
-    """Release pending collective work and destroy the process group before the interpreter finalises.
+def _handover_gil() -> None:
+    """Give threads waiting for the GIL (gloo's workers) about 40 ms to run, while the interpreter is whole.
 
-    Why: with gloo, a DDP reducer still alive at interpreter shutdown leaves an async work object whose last
-    reference is dropped by gloo's thread during finalisation, which aborts the process ("terminate called without
-    an active exception", exit -6) after training finished. Dropping the reducers and collecting while the
-    interpreter is intact, then destroying the group, removes that path.
+    Why: under torch 2.13 a collective launched inside ``backward()`` (every DDP all-reduce) keeps the Python
+    context of that backward pass. The gloo worker thread that ran it frees it after the caller has already been
+    woken, and freeing needs the GIL. If the main thread reaches interpreter finalisation first, the worker's GIL
+    request kills the thread mid-destructor and the process aborts ("terminate called without an active
+    exception", exit -6) after training succeeded. Everything here is local, so it cannot hang when a rank died.
     """
-    for module in list(_LIVE_WRAPPERS):
-        if hasattr(module, "reducer"):
-            # The reducer owns the last all-reduce's work handle; release it here, in the main thread.
-            with contextlib.suppress(Exception):
-                del module.reducer
-    _LIVE_WRAPPERS.clear()
-    gc.collect()
+    # Cap the spin so that a script with a huge switch interval does not stall its exit.
+    spin = min(2.5 * sys.getswitchinterval(), 0.05)
+    for _ in range(3):
+        time.sleep(0.002)  # frees the GIL and the CPU, so a starved worker thread gets to run
+        # Running bytecode past the switch interval makes CPython hand the GIL to a thread that asked for it.
+        deadline = time.perf_counter() + spin
+        while time.perf_counter() < deadline:
+            pass
+
+
+def _destroy_group() -> None:
     if dist.is_available() and dist.is_initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+
+
+def _teardown() -> None:
+    """At interpreter exit: let gloo finish freeing collectives, release DDP reducers, destroy the process group.
+
+    Dropping the reducers of the wrappers overdrive created (nothing can use them after exit begins) drops their
+    references to the process group, so destroying it also stops gloo's worker threads before finalisation.
+    """
+    _handover_gil()
+    for module in list(_LIVE_WRAPPERS):
+        with contextlib.suppress(AttributeError):
+            del module.reducer  # holds the last all-reduce's work and a reference to the process group
+    _LIVE_WRAPPERS.clear()
+    gc.collect()
+    _destroy_group()
 
 
 class PartialState:
@@ -189,8 +218,9 @@ class PartialState:
         cls._shared_state.clear()
 
     def destroy_process_group(self, group: Any = None) -> None:
-        """Release wrapped models' communication state and destroy the process group (safe to call twice)."""
-        _teardown()
+        """Destroy the process group (safe to call twice); prepared models stay usable for local inference."""
+        _handover_gil()
+        _destroy_group()
 
     # -- coordination ---------------------------------------------------------------------------------------------
 
@@ -352,6 +382,8 @@ class AcceleratorState:
     """
 
     _shared_state: dict[str, Any] = {}
+    mixed_precision: str
+    partial: PartialState
 
     def __init__(self, mixed_precision: str | None = None, cpu: bool = False, **kwargs: Any) -> None:
         self.__dict__ = self._shared_state
