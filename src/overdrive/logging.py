@@ -14,16 +14,15 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from .settings import resolve
 from .state import PartialState
 
 __all__ = ["MultiProcessAdapter", "get_logger"]
 
 # OVERDRIVE_ name first, then Accelerate's, so either spelling configures the level.
-_LOG_LEVEL_ENV = ("OVERDRIVE_LOG_LEVEL", "ACCELERATE_LOG_LEVEL")
 _LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
 
 
@@ -118,10 +117,7 @@ def get_logger(name: str, log_level: str | int | None = None) -> MultiProcessAda
     """
     origin = "log_level"
     if log_level is None:
-        for var in _LOG_LEVEL_ENV:
-            if os.environ.get(var):
-                log_level, origin = os.environ[var], f"environment variable {var}"
-                break
+        log_level, origin = resolve("log_level")  # OVERDRIVE_LOG_LEVEL, then ACCELERATE_LOG_LEVEL
     logger = logging.getLogger(name)
     if isinstance(log_level, int) and not isinstance(log_level, bool):
         logger.setLevel(log_level)  # a numeric level (logging.DEBUG) is accepted as is

@@ -68,7 +68,7 @@ class Setting:
     def check(self, value: Any, origin: str) -> Any:
         """Validate ``value`` (already parsed) against ``choices``; ``origin`` names where it came from."""
         if self.choices is not None and value not in self.choices:
-            allowed = ", ".join(repr(c) for c in self.choices)
+            allowed = ", ".join(repr(c) for c in self.choices if c is not None)
             raise ValueError(f"{self.name}={value!r} (from {origin}) is not one of {allowed}")
         return value
 
@@ -122,6 +122,14 @@ SETTINGS: dict[str, Setting] = {
             flag="--debug",
         ),
         Setting(
+            "log_level",
+            lambda t: t.strip().upper(),
+            None,
+            ("OVERDRIVE_LOG_LEVEL", "ACCELERATE_LOG_LEVEL"),
+            "Level set by get_logger() on its logger and the root logger (DEBUG, INFO, WARNING, ERROR, CRITICAL).",
+            choices=(None, "CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET"),
+        ),
+        Setting(
             "use_fsdp",
             parse_bool,
             False,
@@ -157,7 +165,7 @@ def resolve(name: str, explicit: Any = None, environ: Mapping[str, str] | None =
                 value = setting.parse(raw)
             except ValueError as err:
                 raise ValueError(f"environment variable {var}={raw!r} is invalid for {name}: {err}") from None
-            return setting.check(value, f"env {var}"), f"env {var}"
+            return setting.check(value, f"env {var}={raw!r}"), f"env {var}"
     return setting.default, "default"
 
 

@@ -276,7 +276,7 @@ def test_bad_inputs(make, exc: type, needle: str) -> None:
 
 def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp17")
-    with pytest.raises(ValueError, match=r"'fp17' \(from env ACCELERATE_MIXED_PRECISION\)"):
+    with pytest.raises(ValueError, match=r"'fp17' \(from env ACCELERATE_MIXED_PRECISION='fp17'\)"):
         Accelerator()
 
 
