@@ -29,6 +29,7 @@ import torch
 from . import checkpointing
 from .data_loader import prepare_data_loader, skip_first_batches
 from .logging import get_logger
+from .normalization import ItemWindow
 from .optimizer import AcceleratedOptimizer
 from .precision import Precision, make_precision
 from .scheduler import AcceleratedScheduler
@@ -165,6 +166,7 @@ class Accelerator:
         self._schedulers: list[AcceleratedScheduler] = []
         self._dataloaders: list[Any] = []
         self.trackers: list[Any] = []
+        self._item_window = ItemWindow()
 
     # -- identity and settings (read from the shared state) ---------------------------------------------------
 
@@ -426,7 +428,12 @@ class Accelerator:
     # -- training step ------------------------------------------------------------------------------------------
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        """``loss.backward()`` divided by the accumulation steps, through the fp16 scaler when there is one.
+        """Backpropagate ``loss``, through the fp16 scaler when there is one.
+
+        ``backward(loss)``: Accelerate's semantics, ``loss`` (a per-micro-batch mean) divided by the accumulation
+        steps. ``backward(loss_sum, num_items=n)``: ``loss_sum`` is the SUM of this rank's per-item losses (tokens or
+        samples) and ``n`` their number; the update then follows the exact mean over every item of the window on
+        every rank, whatever the batch lengths (see :mod:`overdrive.normalization`). Use one style per window.
 
         Example:
             >>> import torch
@@ -434,7 +441,9 @@ class Accelerator:
             >>> acc = Accelerator()
             >>> w = torch.ones(2, requires_grad=True)
             >>> acc.backward((w * 3).sum())
+            >>> acc.backward((w * 3).sum(), num_items=2)
         """
+        num_items = kwargs.pop("num_items", None)
         if not isinstance(loss, torch.Tensor):
             raise TypeError(f"backward() needs a tensor loss, got {type(loss).__name__}")
         if loss.numel() != 1 and "gradient" not in kwargs:
@@ -442,8 +451,28 @@ class Accelerator:
                 f"backward() needs a scalar loss, got a tensor of shape {tuple(loss.shape)}; "
                 "reduce it first, e.g. loss.mean() or loss.sum()"
             )
-        steps = self.gradient_accumulation_steps
-        self.precision.backward(loss / steps if steps != 1 else loss, **kwargs)
+        if num_items is None:
+            if self._item_window.active:
+                raise ValueError(
+                    "backward(loss) was called inside an accumulation window that used backward(loss_sum, "
+                    "num_items=n); use one style for every micro-step of a window"
+                )
+            steps = self.gradient_accumulation_steps
+            self.precision.backward(loss / steps if steps != 1 else loss, **kwargs)
+            return
+        self._item_window.add(num_items, self.device)
+        self.precision.backward(loss, **kwargs)  # the sum: normalised once, at the window's sync step
+        if self.sync_gradients:
+            self._item_window.finish(self._trained_parameters(), self.strategy.gradient_average_divisor)
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of the prepared optimizers (else models), each once."""
+        seen: dict[int, torch.nn.Parameter] = {}
+        groups = [g["params"] for opt in self._optimizers for g in opt.param_groups]
+        for params in groups or [list(m.parameters()) for m in self._models]:
+            for p in params:
+                seen.setdefault(id(p), p)
+        return list(seen.values())
 
     @contextlib.contextmanager
     def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:

@@ -260,6 +260,10 @@ def test_save_model_handles_tied_weights(tmp_path) -> None:
         (lambda: Accelerator().backward(1.0), TypeError, "float"),
         (lambda: Accelerator().prepare_model("model"), TypeError, "str"),
         (lambda: Accelerator().save_model(nn.Linear(1, 1), "x", max_shard_size="ten"), ValueError, "ten"),
+        (lambda: Accelerator().backward(torch.ones((), requires_grad=True), num_items=-3), ValueError, "num_items=-3"),
+        (lambda: Accelerator().backward(torch.ones((), requires_grad=True), num_items="7"), TypeError, "str"),
+        (lambda: Accelerator().backward(torch.ones((), requires_grad=True), num_items=torch.ones(2)), ValueError,
+         r"shape \(2,\)"),
         (lambda: parse_launch_args(["--num_proceses", "2", "train.py"]), ValueError,
          "'--num_proceses'; did you mean '--num_processes'"),
         (lambda: parse_launch_args(["--num_processes", "2", "/nonexistent/train.py"]), ValueError,
@@ -308,3 +312,29 @@ def test_second_accelerator_keeps_the_first_ones_precision_unless_it_asks_otherw
     assert Accelerator().mixed_precision == "bf16"
     with pytest.raises(ValueError, match="mixed_precision='bf16'.*'fp16'"):
         Accelerator(mixed_precision="fp16")
+
+
+def test_num_items_window_cannot_mix_with_plain_backward() -> None:
+    acc = Accelerator(gradient_accumulation_steps=2)
+    model = acc.prepare(mlp())
+    x, y = data(4).tensors
+    with acc.accumulate(model):
+        acc.backward(nn.functional.mse_loss(model(x), y, reduction="sum"), num_items=4)
+    with pytest.raises(ValueError, match="one style"), acc.accumulate(model):
+        acc.backward(nn.functional.mse_loss(model(x), y))
+
+
+def test_num_items_gives_the_exact_mean_over_a_window_of_unequal_batches() -> None:
+    acc = Accelerator(gradient_accumulation_steps=2)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, opt = acc.prepare(model, opt)
+    ref = mlp()
+    x, y = data(10).tensors
+    parts = [(x[:3], y[:3]), (x[3:], y[3:])]  # 3 and 7 samples: a mean of means would weight them equally
+    for xb, yb in parts:
+        with acc.accumulate(model):
+            acc.backward(((model(xb) - yb) ** 2).sum(), num_items=xb.shape[0] * 3)
+    (((ref(x) - y) ** 2).sum() / (10 * 3)).backward()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-8)

@@ -81,6 +81,11 @@ class Strategy(abc.ABC):
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The user's module inside whatever :meth:`wrap` added."""
 
+    @property
+    def gradient_average_divisor(self) -> int:
+        """What gradient synchronisation divides summed gradients by (1: no data parallelism)."""
+        return 1
+
     def clip_grad_norm_(
         self, parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_norm: float, norm_type: float = 2.0
     ) -> torch.Tensor:

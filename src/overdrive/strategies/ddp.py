@@ -31,6 +31,11 @@ class DDPStrategy(Strategy):
         """MULTI_GPU on GPU, MULTI_CPU on CPU (what Accelerate reports)."""
         return DistributedType.MULTI_CPU if self.state.device.type == "cpu" else DistributedType.MULTI_GPU
 
+    @property
+    def gradient_average_divisor(self) -> int:
+        """DDP (and its compression hooks) average gradients over all ranks."""
+        return self.state.num_processes
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         device = self.state.device
         # device_ids must be None for CPU modules; a single GPU index otherwise.
