@@ -523,6 +523,36 @@ class Accelerator:
             yield
 
     @contextlib.contextmanager
+    def join_uneven_inputs(self, joinables: list[Any], even_batches: bool | None = None) -> Iterator[None]:
+        """Train on inputs of different lengths per rank: ranks that finish early shadow the others' all-reduces.
+
+        ``even_batches`` overrides the prepared loaders' setting inside the block (``False`` lets each rank stop
+        at the end of its own data). Joining is enabled only when batches are not evened out.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> model = acc.prepare(torch.nn.Linear(1, 1))
+            >>> with acc.join_uneven_inputs([model], even_batches=False):
+            ...     pass
+        """
+        saved: list[tuple[Any, bool]] = []
+        if even_batches is not None:
+            for dl in self._dataloaders:
+                sampler = getattr(dl, "batch_sampler", None)
+                if sampler is not None and hasattr(sampler, "even_batches"):
+                    saved.append((sampler, sampler.even_batches))
+                    sampler.even_batches = even_batches
+        effective = self.even_batches if even_batches is None else even_batches
+        try:
+            with self.strategy.join(list(joinables), enable=not effective):
+                yield
+        finally:
+            for sampler, value in saved:
+                sampler.even_batches = value
+
+    @contextlib.contextmanager
     def autocast(self, autocast_handler: AutocastKwargs | None = None) -> Iterator[None]:
         """Run the block under the mixed-precision autocast (a no-op for fp32).
 

@@ -86,6 +86,10 @@ class Strategy(abc.ABC):
         """What gradient synchronisation divides summed gradients by (1: no data parallelism)."""
         return 1
 
+    def join(self, joinables: list[Any], enable: bool) -> contextlib.AbstractContextManager[Any]:
+        """Context for uneven inputs across ranks (nothing to join without data parallelism)."""
+        return contextlib.nullcontext(joinables)
+
     def clip_grad_norm_(
         self, parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_norm: float, norm_type: float = 2.0
     ) -> torch.Tensor:

@@ -67,6 +67,12 @@ class DDPStrategy(Strategy):
             hook = compress(hook)
         ddp.register_comm_hook(state, hook)
 
+    def join(self, joinables: list[Any], enable: bool) -> contextlib.AbstractContextManager[Any]:
+        """torch's Join: ranks that ran out of data shadow the others' collectives instead of hanging."""
+        from torch.distributed.algorithms.join import Join
+
+        return Join(joinables, enable=enable, throw_on_early_termination=False)
+
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         if isinstance(model, DistributedDataParallel):
             return model.no_sync()
