@@ -130,7 +130,9 @@ def check_gather_for_metrics(world: int) -> None:
     for xb, yb in dl:
         with torch.no_grad():
             err = (model(xb[:, None]).squeeze(1) - yb) ** 2
-        gathered_x, gathered_err = acc.gather_for_metrics((xb, err))
+        nested = acc.gather_for_metrics({"x": xb, "more": [err, {"idx": xb.long()}]})
+        gathered_x, gathered_err = nested["x"], nested["more"][0]
+        assert torch.equal(nested["more"][1]["idx"], gathered_x.long())
         seen.append(gathered_x)
         errors.append(gathered_err)
         names.extend(acc.gather_for_metrics([f"s{int(v)}" for v in xb]))
