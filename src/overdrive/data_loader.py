@@ -1,16 +1,23 @@
 """Data loaders that shard batches across processes (the ``accelerate.data_loader`` module of overdrive).
 
-:func:`prepare_data_loader` turns a user's :class:`torch.utils.data.DataLoader` into a :class:`DataLoaderShard`: a
-real ``DataLoader`` subclass whose batch sampler (:class:`BatchSamplerShard`) hands rank ``r`` of ``n`` its share of
-every round of batches, that moves batches to the device, and that tells the shared
-:class:`~overdrive.state.GradientState` when it yields its last batch and how many samples of the last global batch
-are real (``remainder``), so gradient accumulation and ``gather_for_metrics`` behave as in Accelerate.
+:func:`prepare_data_loader` turns a user's :class:`torch.utils.data.DataLoader` into one of two real ``DataLoader``
+subclasses that move batches to the device and tell the shared :class:`~overdrive.state.GradientState` when they
+yield their last batch and how many samples of the last global batch are real (``remainder``), so gradient
+accumulation and ``gather_for_metrics`` behave as in Accelerate:
+
+* :class:`DataLoaderShard` (every rank loads its own batches): a map-style dataset gets a :class:`BatchSamplerShard`
+  (rank ``r`` of ``n`` takes its share of every round of batches); an ``IterableDataset`` gets wrapped in an
+  :class:`IterableDatasetShard` (every rank reads the stream and keeps its own samples of each global batch).
+* :class:`DataLoaderDispatcher` (``dispatch_batches=True``; Accelerate's default for an ``IterableDataset`` when
+  batches are put on the device): only rank 0 iterates the loader; it broadcasts each global batch and every rank
+  keeps its slice.
 
 How ranks agree on the shuffle order (documented choice):
 
-* With ``use_seedable_sampler=True`` a ``RandomSampler`` becomes a :class:`SeedableRandomSampler`, whose order is a
-  pure function of ``(seed, epoch)``: ``seed = data_seed``, or when that is ``None`` rank 0's
-  ``torch.initial_seed()``, broadcast at the start of each epoch so every rank uses the same one.
+* With ``use_seedable_sampler=True`` (the :class:`~overdrive.utils.DataLoaderConfiguration` default in overdrive) a
+  ``RandomSampler`` becomes a :class:`SeedableRandomSampler`, whose order is a pure function of ``(seed, epoch)``:
+  ``seed = data_seed``, or when that is ``None`` rank 0's ``torch.initial_seed()``, broadcast at the start of each
+  epoch so every rank uses the same one.
 * Otherwise any sampler with a ``generator`` attribute (``RandomSampler``, ``SubsetRandomSampler``, ...) gets a
   ``torch.Generator`` when it has none (seeded from the global torch RNG, as Accelerate does), and at the start of
   every epoch rank 0's generator state is broadcast to all ranks. Accelerate does this only when ``rng_types``
@@ -18,11 +25,24 @@ How ranks agree on the shuffle order (documented choice):
   ``torch_device_mesh``, whose tp/cp ranks must see the same batches), because without it ranks draw different
   permutations and see overlapping samples. ``rng_types`` additionally synchronises ``"torch"`` / ``"cuda"`` RNGs.
 
-Both agreements are collectives: every rank must start iterating a sharded loader together (as in Accelerate).
-Without a process group (one process, or rank ``r`` of ``n`` simulated in a test) nothing is broadcast.
+Both agreements are collectives: every rank must start iterating a sharded loader together (as in Accelerate), and
+a dispatched loader is a collective at every step. Without a process group (one process, or rank ``r`` of ``n``
+simulated in a test) nothing is broadcast.
 
-``IterableDataset`` sharding, ``dispatch_batches=True`` and ``use_stateful_dataloader=True`` across processes are not
-implemented yet and raise ``NotImplementedError``; with one process an ``IterableDataset`` loader is wrapped as is.
+DataLoader workers (``num_workers > 0``), what overdrive guarantees:
+
+* map-style and dispatched loaders: the same batches in the same order as with ``num_workers=0`` (workers only
+  load; a dispatched loader runs its workers on rank 0 only, and its dataset follows torch's worker contract).
+* ``IterableDataset`` with ``dispatch_batches=False``: as in Accelerate and torch, every worker holds a copy of the
+  dataset, so the dataset must split its stream among workers (``torch.utils.data.get_worker_info()``); then every
+  sample reaches exactly one rank, apart from the padding that completes each worker's last incomplete round
+  (``drop_last=False``). Because that padding is not only at the end of the epoch, ``remainder`` is -1 (unknown)
+  for such loaders. Use ``dispatch_batches=True`` for exactly-once with trimmable padding.
+
+Resuming mid-epoch: ``use_stateful_dataloader=True`` builds the loader on torchdata's ``StatefulDataLoader``; its
+``state_dict()`` captures the position and the shuffle state (sampler seed and epoch, or the generator state at
+the start of the pass), so ``load_state_dict`` in a fresh process continues with exactly the remaining batches.
+Without it, :func:`skip_first_batches` skips a known number of batches.
 
 Example:
     >>> import torch
@@ -38,8 +58,10 @@ import copy
 import functools
 import inspect
 import itertools
+import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sized
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -47,12 +69,22 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset, RandomSa
 
 from .state import GradientState, PartialState
 from .utils.dataclasses import RNGType
-from .utils.operations import send_to_device
+from .utils.operations import (
+    concatenate,
+    find_batch_size,
+    get_data_structure,
+    initialize_tensors,
+    recursively_apply,
+    send_to_device,
+    slice_tensors,
+)
 
 __all__ = [
     "BatchSamplerShard",
+    "DataLoaderDispatcher",
     "DataLoaderShard",
     "DataLoaderStateMixin",
+    "IterableDatasetShard",
     "SeedableRandomSampler",
     "SkipBatchSampler",
     "SkipDataLoader",
@@ -322,6 +354,115 @@ class SkipBatchSampler(BatchSampler):
         return max(0, len(self.batch_sampler) - self.skip_batches)  # type: ignore[arg-type]
 
 
+class IterableDatasetShard(IterableDataset):
+    """Wrap an ``IterableDataset`` so that rank ``process_index`` of ``num_processes`` yields only its samples.
+
+    The stream is cut into global batches (``batch_size * num_processes`` samples, or ``batch_size`` with
+    ``split_batches``) and each rank yields its consecutive piece of every global batch, so ranks get distinct
+    samples and whole batches. The last, incomplete global batch is dropped (``drop_last=True``) or completed by
+    cycling the samples of the first global batch, so every rank yields the same number of samples. Every rank reads
+    the whole stream (as in Accelerate), and the samples are those of ``accelerate.data_loader.IterableDatasetShard``.
+
+    Under DataLoader workers each worker wraps its own copy: the dataset must split its stream among workers
+    (``torch.utils.data.get_worker_info()``), as torch requires of any ``IterableDataset``.
+
+    Args:
+        dataset: the stream to shard.
+        batch_size: samples per rank per step, or with ``split_batches`` per global batch (then a multiple of
+            ``num_processes``).
+        drop_last: drop the last incomplete global batch instead of completing it.
+        num_processes, process_index: the number of ranks and this rank.
+        split_batches: whether ``batch_size`` is the global batch (split across ranks) or each rank's.
+
+    Example:
+        >>> shard = IterableDatasetShard(range(10), batch_size=2, num_processes=2, process_index=1)
+        >>> list(shard)
+        [2, 3, 6, 7, 0, 1]
+    """
+
+    def __init__(
+        self,
+        dataset: IterableDataset,
+        batch_size: int = 1,
+        drop_last: bool = False,
+        num_processes: int = 1,
+        process_index: int = 0,
+        split_batches: bool = False,
+    ) -> None:
+        if not isinstance(num_processes, int) or num_processes < 1:
+            raise ValueError(f"num_processes={num_processes!r} must be a positive int")
+        if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+            raise ValueError(
+                f"process_index={process_index!r} must be an int in 0..{num_processes - 1} (num_processes - 1)"
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be a positive int (samples per batch)")
+        if split_batches and batch_size % num_processes != 0:
+            # Accelerate accepts batch_size=1 here and then yields nothing on any rank; overdrive refuses it.
+            raise ValueError(
+                f"split_batches=True needs a batch_size that divides by num_processes={num_processes}, got "
+                f"batch_size={batch_size}; use a multiple of {num_processes} or split_batches=False"
+            )
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.split_batches = split_batches
+        self.epoch = 0
+
+    @property
+    def _global_batch_size(self) -> int:
+        return self.batch_size if self.split_batches else self.batch_size * self.num_processes
+
+    @property
+    def _per_rank(self) -> int:
+        return self.batch_size // self.num_processes if self.split_batches else self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Record ``epoch`` and pass it on to the wrapped dataset when it has ``set_epoch``.
+
+        Example:
+            >>> shard = IterableDatasetShard(range(4)); shard.set_epoch(2); shard.epoch
+            2
+        """
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Samples this rank yields in one pass (needs a sized dataset; a ``TypeError`` otherwise).
+
+        Accelerate's formula ignores ``split_batches``; this one counts what ``__iter__`` actually yields.
+        """
+        total = len(self.dataset)  # type: ignore[arg-type]  # raises TypeError for unsized streams, as wanted
+        rounds = total // self._global_batch_size if self.drop_last else math.ceil(total / self._global_batch_size)
+        return rounds * self._per_rank
+
+    def __iter__(self) -> Iterator[Any]:
+        generator = getattr(self.dataset, "generator", None)
+        if not hasattr(self.dataset, "set_epoch") and isinstance(generator, torch.Generator):
+            # A dataset that shuffles with its own generator but has no set_epoch: reseed it per epoch (as Accelerate).
+            generator.manual_seed(self.epoch)
+        size, per_rank = self._global_batch_size, self._per_rank
+        mine = slice(self.process_index * per_rank, (self.process_index + 1) * per_rank)
+        first: list[Any] | None = None
+        current: list[Any] = []
+        for sample in self.dataset:
+            current.append(sample)
+            if len(current) == size:
+                yield from current[mine]
+                if first is None:
+                    first = current
+                current = []
+        if self.drop_last or not current:
+            return
+        # Complete the last global batch by cycling the first one (or the short batch itself if it is the only one).
+        filler = itertools.cycle(first if first is not None else list(current))
+        current.extend(itertools.islice(filler, size - len(current)))
+        yield from current[mine]
+
+
 # -- loaders ----------------------------------------------------------------------------------------------------------
 
 
@@ -378,6 +519,16 @@ class DataLoaderStateMixin:
     def _last_batch_remainder(self) -> int:
         return -1
 
+    def _pass_started(self) -> None:
+        """Hook: a pass is about to draw its first batch (stateful loaders record the shuffle state here)."""
+
+    def _snapshot_state(self) -> None:
+        """Hook: every batch handed out so far is consumed (stateful loaders record their position here)."""
+
+    def _reads_data(self) -> bool:
+        """Whether this process iterates the wrapped loader itself."""
+        return True
+
     def _tracked(
         self,
         batches: Iterator[Any],
@@ -397,6 +548,8 @@ class DataLoaderStateMixin:
                 if device is not None and index >= skip_batches:
                     # Moved before fetching the next batch, so the copy overlaps the loading of the next one.
                     current = send_to_device(current, device, non_blocking=non_blocking)
+                # Taken before the look-ahead fetch, so a saved state resumes right after `current`.
+                self._snapshot_state()
                 try:
                     upcoming = next(batches)
                 except StopIteration:
@@ -454,104 +607,162 @@ def _normalise_rng_types(rng_types: Iterable[str | RNGType] | None) -> list[str]
     return names
 
 
-class DataLoaderShard(DataLoaderStateMixin, DataLoader):
-    """A ``DataLoader`` that yields this rank's batches on ``device`` and reports its progress to the gradient state.
+# -- stateful loaders (torchdata's StatefulDataLoader, imported only when asked for) -----------------------------------
 
-    Built by :func:`prepare_data_loader`; the keyword arguments not listed below go to ``DataLoader``. At the start
-    of each pass it agrees with the other ranks on the shuffle order (see the module docstring), calls
-    :meth:`set_epoch` with :attr:`iteration`, and registers itself with :class:`~overdrive.state.GradientState`
-    until the pass ends or is abandoned. ``iteration`` counts completed passes.
 
-    Args:
-        dataset: the dataset.
-        device: where to move each batch (``None``: leave batches where the collate function made them).
-        rng_types: RNGs to copy from rank 0 at each pass start (``"torch"``, ``"cuda"``, ``"generator"``).
-        synchronized_generator: the sampler's generator, copied from rank 0 at each pass start.
-        skip_batches: batches to skip at the start of every pass.
-        use_stateful_dataloader: not supported yet (``NotImplementedError``).
-        iteration: the pass counter to start from.
+def _import_stateful_dataloader() -> type:
+    try:
+        from torchdata.stateful_dataloader import StatefulDataLoader  # type: ignore[import-untyped,import-not-found]
+    except ImportError as err:
+        raise ImportError(
+            "use_stateful_dataloader=True needs torchdata>=0.8 (its StatefulDataLoader), which is not installed; "
+            "install it with `pip install torchdata` or set use_stateful_dataloader=False"
+        ) from err
+    return StatefulDataLoader  # type: ignore[no-any-return]
 
-    Example:
-        >>> from torch.utils.data import DataLoader
-        >>> dl = prepare_data_loader(DataLoader(list(range(6)), batch_size=2), num_processes=2, process_index=0)
-        >>> len(dl), dl.total_batch_size, [b.tolist() for b in dl]
-        (2, 4, [[0, 1], [4, 5]])
+
+class _StatefulLoaderMixin:
+    """``state_dict`` / ``load_state_dict`` for a prepared loader built on torchdata's ``StatefulDataLoader``.
+
+    The state is torchdata's (the position, taken one batch behind the look-ahead so it matches what the caller
+    received) plus an ``"_overdrive"`` entry: the pass counter and the shuffle state the pass started from (the
+    :class:`SeedableRandomSampler` seed and epoch, and the sampler's generator state). Restoring that shuffle state
+    is what lets torchdata's fast-forward over the sampler reproduce the interrupted pass in a fresh process.
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        device: torch.device | str | int | None = None,
-        rng_types: list[str | RNGType] | None = None,
-        synchronized_generator: torch.Generator | None = None,
-        skip_batches: int = 0,
-        use_stateful_dataloader: bool = False,
-        _drop_last: bool = False,
-        _non_blocking: bool = False,
-        torch_device_mesh: Any = None,
-        iteration: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        if use_stateful_dataloader:
-            raise NotImplementedError(
-                "use_stateful_dataloader=True (torchdata StatefulDataLoader) is not supported by overdrive yet; "
-                "use use_stateful_dataloader=False and resume with skip_first_batches"
-            )
-        super().__init__(dataset, **kwargs)
-        self.device = device
-        self.rng_types = _normalise_rng_types(rng_types)
-        self.synchronized_generator = synchronized_generator
-        self.skip_batches = skip_batches
-        self.use_stateful_dataloader = use_stateful_dataloader
-        self.torch_device_mesh = torch_device_mesh
-        self.iteration = iteration
-        self.gradient_state = GradientState()
-        self._drop_last = _drop_last
-        self._non_blocking = _non_blocking
+    _position: dict[str, Any] | None = None
+    _pass_start: dict[str, Any] | None = None
 
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        self._agree_on_randomness()
-        self.set_epoch(self.iteration)
-        yield from self._tracked(super().__iter__(), self.skip_batches, self.device, self._non_blocking)
-        self.iteration += 1  # only after a complete pass: an abandoned pass does not count as an epoch
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        accepted = inspect.signature(_import_stateful_dataloader()).parameters
+        # Older torchdata lacks some newer DataLoader arguments (e.g. in_order before 0.11): leave them out.
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted or k not in _dataloader_settings()}
+        with warnings.catch_warnings():
+            # torchdata calls torch.set_vital, deprecated in recent torch: a warning no user can act on.
+            warnings.filterwarnings("ignore", message=".*set_vital.*is deprecated", category=UserWarning)
+            super().__init__(*args, **kwargs)
 
-    def __len__(self) -> int:
-        return max(0, super().__len__() - self.skip_batches)
+    def _shuffle_generator(self) -> torch.Generator | None:
+        generator = getattr(self, "synchronized_generator", None)
+        if generator is None:
+            generator = getattr(get_sampler(self), "generator", None)  # type: ignore[arg-type]
+        return generator if isinstance(generator, torch.Generator) else None
+
+    def _shuffle_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"iteration": int(getattr(self, "iteration", 0))}
+        sampler = get_sampler(self)  # type: ignore[arg-type]
+        if isinstance(sampler, SeedableRandomSampler):
+            state["sampler_seed"] = sampler.initial_seed
+            state["sampler_epoch"] = sampler.epoch
+        generator = self._shuffle_generator()
+        if generator is not None:
+            state["generator"] = generator.get_state().clone()
+        return state
+
+    def _pass_started(self) -> None:
+        self._pass_start = self._shuffle_state()
+        self._position = None
+
+    def _snapshot_state(self) -> None:
+        # Ranks that never read data (a dispatcher's receivers) have no torchdata position, only the metadata.
+        reads_data = cast(DataLoaderStateMixin, self)._reads_data()
+        self._position = super().state_dict() if reads_data else {}  # type: ignore[misc]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the current pass and the shuffle state, to resume with :meth:`load_state_dict`.
+
+        Example:
+            >>> from torch.utils.data import DataLoader
+            >>> dl = prepare_data_loader(DataLoader(list(range(6)), batch_size=2, shuffle=True),
+            ...                          num_processes=1, process_index=0, use_stateful_dataloader=True)
+            >>> for step, batch in enumerate(dl):
+            ...     if step == 0:
+            ...         state = dl.state_dict()  # after the first batch
+            >>> state["_overdrive"]["iteration"]
+            0
+        """
+        finished = self._position is not None and bool(getattr(self, "end_of_dataloader", False))
+        if finished:
+            # The pass is complete: resume at the start of the next one, from the shuffle state reached by now.
+            meta = self._shuffle_state()
+            meta["iteration"] = (self._pass_start or meta)["iteration"] + 1
+            return {"_overdrive": meta}
+        if self._pass_start is None or self._position is None:
+            return {"_overdrive": self._shuffle_state()}  # nothing consumed yet: start a pass from the beginning
+        meta = dict(self._pass_start)
+        first_samples = getattr(self, "_first_samples", None)
+        if first_samples is not None:
+            meta["first_samples"] = first_samples  # a dispatcher pads its last batch with these
+        return {**self._position, "_overdrive": meta}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` at the next iteration (also in a fresh process).
+
+        A state without the ``"_overdrive"`` entry (a bare torchdata state) is handed to torchdata as is.
+
+        Example:
+            >>> from torch.utils.data import DataLoader
+            >>> dl = prepare_data_loader(DataLoader(list(range(6)), batch_size=2),
+            ...                          num_processes=1, process_index=0, use_stateful_dataloader=True)
+            >>> it = iter(dl); first = next(it); state = dl.state_dict(); it.close()
+            >>> dl.load_state_dict(state); [b.tolist() for b in dl]
+            [[2, 3], [4, 5]]
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"load_state_dict needs the dict returned by state_dict(), got {type(state_dict).__name__}")
+        position = dict(state_dict)
+        meta = position.pop("_overdrive", None)
+        if meta is not None:
+            self.iteration = int(meta["iteration"])
+            sampler = get_sampler(self)  # type: ignore[arg-type]
+            if isinstance(sampler, SeedableRandomSampler) and "sampler_seed" in meta:
+                sampler.initial_seed = int(meta["sampler_seed"])
+                sampler.set_epoch(int(meta.get("sampler_epoch", self.iteration)))
+            generator = self._shuffle_generator()
+            if generator is not None and meta.get("generator") is not None:
+                generator.set_state(meta["generator"])
+            self._restored_first_samples = meta.get("first_samples")
+        self._position, self._pass_start = None, None
+        super().load_state_dict(position)  # type: ignore[misc]
+
+
+_STATEFUL_VARIANTS: dict[type, type] = {}
+
+
+def _stateful_variant(cls: type) -> type:
+    """``cls`` rebuilt on torchdata's ``StatefulDataLoader`` (still an instance of ``cls`` and of ``DataLoader``)."""
+    if cls in _STATEFUL_VARIANTS:
+        return _STATEFUL_VARIANTS[cls]
+    base = _import_stateful_dataloader()
+    name = f"Stateful{cls.__name__}"
+    doc = f"A {cls.__name__} built on torchdata's StatefulDataLoader (``use_stateful_dataloader=True``)."
+    variant = type(name, (_StatefulLoaderMixin, cls, base), {"__module__": __name__, "__doc__": doc})
+    variant.__qualname__ = name
+    globals()[name] = variant  # reachable by name, so pickle finds it
+    _STATEFUL_VARIANTS[cls] = variant
+    return variant
+
+
+class _StatefulSwitch:
+    """Constructing with ``use_stateful_dataloader=True`` gives the class's StatefulDataLoader-based variant."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("use_stateful_dataloader") and not issubclass(cls, _StatefulLoaderMixin):
+            cls = _stateful_variant(cls)
+        return super().__new__(cls)
+
+
+# -- the prepared loaders ---------------------------------------------------------------------------------------------
+
+
+class _PreparedLoader(_StatefulSwitch, DataLoaderStateMixin, DataLoader):
+    """What :class:`DataLoaderShard` and :class:`DataLoaderDispatcher` share: epochs, samplers, dataset length."""
+
+    iteration: int
 
     def _index_batch_sampler(self) -> Any:
         """The batch sampler in use: ``sampler`` when the user passed a ``BatchSampler`` as the sampler."""
         return self.sampler if isinstance(self.sampler, BatchSampler) else self.batch_sampler
-
-    def _agree_on_randomness(self) -> None:
-        """Copy rank 0's shuffle state to every rank (a collective; nothing without a multi-process group)."""
-        if _world_size() == 1:
-            return
-        kinds = list(self.rng_types or [])
-        if "torch" in kinds:
-            torch.set_rng_state(_broadcast_from_rank0(torch.get_rng_state()))
-        if "cuda" in kinds and torch.cuda.is_available():
-            torch.cuda.set_rng_state(_broadcast_from_rank0(torch.cuda.get_rng_state()))
-        if self.synchronized_generator is not None:
-            # Always, not only for rng_types=["generator"]: ranks with different permutations would overlap.
-            state = _broadcast_from_rank0(self.synchronized_generator.get_state())
-            self.synchronized_generator.set_state(state)
-        sampler = self.get_sampler()
-        sharded = getattr(self._index_batch_sampler(), "num_processes", 1) > 1
-        agree = sharded or self.torch_device_mesh is not None  # tp/cp ranks need the same order too
-        if isinstance(sampler, SeedableRandomSampler) and sampler.data_seed is None and agree:
-            # torch.initial_seed() differs between ranks unless set_seed was called; use rank 0's.
-            signed = sampler.initial_seed - _U64 if sampler.initial_seed >= 2**63 else sampler.initial_seed
-            agreed = _broadcast_from_rank0(torch.tensor([signed], dtype=torch.int64))
-            sampler.initial_seed = int(agreed.item()) % _U64
-
-    def _last_batch_remainder(self) -> int:
-        total = self.total_batch_size
-        if self._drop_last or not total:
-            return -1
-        try:
-            return self.total_dataset_length % total
-        except (TypeError, NotImplementedError, AttributeError):  # datasets without a length
-            return -1
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch on this loader (``iteration``), its samplers and, if they do not reshuffle, the dataset.
@@ -578,26 +789,6 @@ class DataLoaderShard(DataLoaderStateMixin, DataLoader):
             self.dataset.set_epoch(epoch)
 
     @property
-    def total_batch_size(self) -> int | None:
-        """Samples per step over all ranks (the loader's batch size with ``split_batches``); ``None`` if unknown.
-
-        Example:
-            >>> from torch.utils.data import DataLoader
-            >>> prepare_data_loader(DataLoader(list(range(8)), batch_size=2), num_processes=2,
-            ...                     process_index=0).total_batch_size
-            4
-        """
-        batch_sampler = self._index_batch_sampler()
-        if batch_sampler is None:  # batch_size=None (no automatic batching, one process): one sample per step
-            return 1
-        size = getattr(batch_sampler, "batch_size", None)
-        if size is None:
-            return None
-        if getattr(batch_sampler, "split_batches", False):
-            return int(size)
-        return int(size) * int(getattr(batch_sampler, "num_processes", 1))
-
-    @property
     def total_dataset_length(self) -> int:
         """Number of samples in the dataset over all ranks.
 
@@ -607,6 +798,8 @@ class DataLoaderShard(DataLoaderStateMixin, DataLoader):
             8
         """
         dataset = self.dataset
+        if isinstance(dataset, IterableDatasetShard):
+            dataset = dataset.dataset  # the whole stream, not this rank's padded share
         if hasattr(dataset, "total_length"):
             return int(dataset.total_length)
         if not isinstance(dataset, Sized):  # torch's Dataset does not promise __len__ (e.g. iterable datasets)
@@ -643,7 +836,332 @@ class DataLoaderShard(DataLoaderStateMixin, DataLoader):
             inner.sampler = sampler
 
 
-class SkipDataLoader(DataLoaderStateMixin, DataLoader):
+class DataLoaderShard(_PreparedLoader):
+    """A ``DataLoader`` that yields this rank's batches on ``device`` and reports its progress to the gradient state.
+
+    Built by :func:`prepare_data_loader`; the keyword arguments not listed below go to ``DataLoader``. At the start
+    of each pass it agrees with the other ranks on the shuffle order (see the module docstring), calls
+    :meth:`set_epoch` with :attr:`iteration`, and registers itself with :class:`~overdrive.state.GradientState`
+    until the pass ends or is abandoned. ``iteration`` counts completed passes, so a new pass reshuffles even
+    without an explicit ``set_epoch``.
+
+    Args:
+        dataset: the dataset (an :class:`IterableDatasetShard` for a sharded stream).
+        device: where to move each batch (``None``: leave batches where the collate function made them).
+        rng_types: RNGs to copy from rank 0 at each pass start (``"torch"``, ``"cuda"``, ``"generator"``).
+        synchronized_generator: the sampler's generator, copied from rank 0 at each pass start.
+        skip_batches: batches to skip at the start of every pass.
+        use_stateful_dataloader: build on torchdata's ``StatefulDataLoader`` and offer ``state_dict()`` /
+            ``load_state_dict()`` (needs ``pip install torchdata``).
+        iteration: the pass counter to start from.
+
+    Example:
+        >>> from torch.utils.data import DataLoader
+        >>> dl = prepare_data_loader(DataLoader(list(range(6)), batch_size=2), num_processes=2, process_index=0)
+        >>> len(dl), dl.total_batch_size, [b.tolist() for b in dl]
+        (2, 4, [[0, 1], [4, 5]])
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        device: torch.device | str | int | None = None,
+        rng_types: list[str | RNGType] | None = None,
+        synchronized_generator: torch.Generator | None = None,
+        skip_batches: int = 0,
+        use_stateful_dataloader: bool = False,
+        _drop_last: bool = False,
+        _non_blocking: bool = False,
+        torch_device_mesh: Any = None,
+        iteration: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, **kwargs)
+        self.device = device
+        self.rng_types = _normalise_rng_types(rng_types)
+        self.synchronized_generator = synchronized_generator
+        self.skip_batches = skip_batches
+        self.use_stateful_dataloader = use_stateful_dataloader
+        self.torch_device_mesh = torch_device_mesh
+        self.iteration = iteration
+        self.gradient_state = GradientState()
+        self._drop_last = _drop_last
+        self._non_blocking = _non_blocking
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        self._agree_on_randomness()
+        self.set_epoch(self.iteration)
+        self._pass_started()
+        yield from self._tracked(super().__iter__(), self.skip_batches, self.device, self._non_blocking)
+        self.iteration += 1  # only after a complete pass: an abandoned pass does not count as an epoch
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip_batches)
+
+    def _agree_on_randomness(self) -> None:
+        """Copy rank 0's shuffle state to every rank (a collective; nothing without a multi-process group)."""
+        if _world_size() == 1:
+            return
+        kinds = list(self.rng_types or [])
+        if "torch" in kinds:
+            torch.set_rng_state(_broadcast_from_rank0(torch.get_rng_state()))
+        if "cuda" in kinds and torch.cuda.is_available():
+            torch.cuda.set_rng_state(_broadcast_from_rank0(torch.cuda.get_rng_state()))
+        if self.synchronized_generator is not None:
+            # Always, not only for rng_types=["generator"]: ranks with different permutations would overlap.
+            state = _broadcast_from_rank0(self.synchronized_generator.get_state())
+            self.synchronized_generator.set_state(state)
+        sampler = self.get_sampler()
+        sharded = getattr(self._index_batch_sampler(), "num_processes", 1) > 1
+        agree = sharded or self.torch_device_mesh is not None  # tp/cp ranks need the same order too
+        if isinstance(sampler, SeedableRandomSampler) and sampler.data_seed is None and agree:
+            # torch.initial_seed() differs between ranks unless set_seed was called; use rank 0's.
+            signed = sampler.initial_seed - _U64 if sampler.initial_seed >= 2**63 else sampler.initial_seed
+            agreed = _broadcast_from_rank0(torch.tensor([signed], dtype=torch.int64))
+            sampler.initial_seed = int(agreed.item()) % _U64
+
+    def _last_batch_remainder(self) -> int:
+        total = self.total_batch_size
+        if self._drop_last or not total:
+            return -1
+        if isinstance(self.dataset, IterableDataset) and self.num_workers > 0:
+            return -1  # each worker pads (or cuts short) its own stream: the real count of the last batch is unknown
+        try:
+            return self.total_dataset_length % total
+        except (TypeError, NotImplementedError, AttributeError):  # datasets without a length
+            return -1
+
+    @property
+    def total_batch_size(self) -> int | None:
+        """Samples per step over all ranks (the loader's batch size with ``split_batches``); ``None`` if unknown.
+
+        Example:
+            >>> from torch.utils.data import DataLoader
+            >>> prepare_data_loader(DataLoader(list(range(8)), batch_size=2), num_processes=2,
+            ...                     process_index=0).total_batch_size
+            4
+        """
+        if isinstance(self.dataset, IterableDatasetShard):
+            # Accelerate reports the per-rank batch size here; the global batch is what remainder is relative to.
+            return self.dataset._global_batch_size
+        batch_sampler = self._index_batch_sampler()
+        if batch_sampler is None:  # batch_size=None (no automatic batching, one process): one sample per step
+            return 1
+        size = getattr(batch_sampler, "batch_size", None)
+        if size is None:
+            return None
+        if getattr(batch_sampler, "split_batches", False):
+            return int(size)
+        return int(size) * int(getattr(batch_sampler, "num_processes", 1))
+
+
+class DataLoaderDispatcher(_PreparedLoader):
+    """A ``DataLoader`` iterated on rank 0 only, which broadcasts each global batch so every rank takes its slice.
+
+    Built by :func:`prepare_data_loader` for ``dispatch_batches=True``. Each step rank 0 draws ``num_processes``
+    batches of the wrapped loader and concatenates them (one batch with ``split_batches``), broadcasts the structure
+    and the tensors, and rank ``r`` keeps the ``r``-th equal slice (cut by ``slice_fn``). When the data ends on an
+    incomplete global batch, it is completed with the first samples of the epoch so every rank gets the same number
+    of samples; ``remainder`` then tells how many of the last global batch are real. A dataset is only read on rank
+    0, so DataLoader workers run there only. Every step is a collective: all ranks iterate together.
+
+    Args:
+        dataset: the dataset of the wrapped loader.
+        split_batches: whether each loader batch is one global batch (split) or each rank's share.
+        skip_batches: steps to skip at the start of every pass.
+        use_stateful_dataloader: build on torchdata's ``StatefulDataLoader`` (its state lives on rank 0).
+        slice_fn: ``slice_fn(batch, slice, process_index=, num_processes=)``; :func:`~overdrive.utils.slice_tensors`
+            by default.
+        torch_device_mesh: ranks that differ only along its "tp"/"cp" dimensions get the same slice.
+        iteration: the pass counter to start from.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader
+        >>> dl = prepare_data_loader(DataLoader(list(range(5)), batch_size=2), put_on_device=True,
+        ...                          device=torch.device("cpu"), dispatch_batches=True)
+        >>> [b.tolist() for b in dl], dl.remainder
+        ([[0, 1], [2, 3], [4]], 1)
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        split_batches: bool = False,
+        skip_batches: int = 0,
+        use_stateful_dataloader: bool = False,
+        _drop_last: bool = False,
+        _non_blocking: bool = False,
+        slice_fn: Callable[..., Any] | None = None,
+        torch_device_mesh: Any = None,
+        iteration: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        # Private keywords (Accelerate's signature has no place for them): the data-parallel coordinates and device,
+        # so prepare_data_loader can pass what it resolved and tests can simulate rank r of n without a group.
+        num_processes = kwargs.pop("_num_processes", None)
+        process_index = kwargs.pop("_process_index", None)
+        device = kwargs.pop("_device", None)
+        super().__init__(dataset, **kwargs)
+        state = PartialState()
+        if num_processes is None:
+            num_processes, process_index = state.num_processes, state.process_index
+            if torch_device_mesh is not None:
+                num_processes, process_index = _data_parallel_coordinates(torch_device_mesh, num_processes,
+                                                                          state.process_index)
+        self.num_processes: int = int(num_processes)
+        self.process_index: int = int(process_index or 0)
+        self.device = device if device is not None else state.device
+        self.split_batches = split_batches
+        self.skip_batches = skip_batches
+        self.use_stateful_dataloader = use_stateful_dataloader
+        self.slice_fn = slice_tensors if slice_fn is None else slice_fn
+        self.torch_device_mesh = torch_device_mesh
+        self.iteration = iteration
+        self.gradient_state = GradientState()
+        self._drop_last = _drop_last
+        self._non_blocking = _non_blocking
+
+    _first_samples: Any = None  # the first samples of the pass, which complete an uneven last global batch
+    _restored_first_samples: Any = None
+
+    @staticmethod
+    def _is_source() -> bool:
+        # Without a process group every process is its own source (one process, or a simulated rank in a test).
+        return _world_size() == 1 or dist.get_rank() == 0
+
+    def _reads_data(self) -> bool:
+        return self._is_source()
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        self.set_epoch(self.iteration)
+        source = self._is_source()
+        self._pass_started()
+        # Only the source reads data; torch's DataPipes also need the iterator (a seed collective) on every rank.
+        from torch.utils.data import IterDataPipe
+
+        make_iter = source or isinstance(self.dataset, IterDataPipe)
+        batches = super().__iter__() if make_iter else None
+        n, rank = self.num_processes, self.process_index
+        self.begin()
+        try:
+            # A resumed pass no longer sees its first batch: a stateful loader restores those samples.
+            first: Any = self._restored_first_samples
+            self._restored_first_samples = None
+            self._first_samples = first
+            current, observed = self._next_global_batch(batches, step=0)
+            index = 0
+            while current is not None:
+                self._snapshot_state()  # before the look-ahead fetch: a saved state resumes after `current`
+                upcoming, upcoming_size = self._next_global_batch(batches, step=index + 1)
+                last = upcoming is None
+                if first is None and not self._drop_last:
+                    # The first samples of the epoch complete an uneven last global batch.
+                    first = self.slice_fn(current, slice(0, n), process_index=rank, num_processes=n)
+                    self._first_samples = first
+                per_rank, extra = divmod(observed, n)
+                if extra and not last:
+                    raise ValueError(
+                        f"dispatch_batches: global batch {index} has {observed} samples, which does not divide by "
+                        f"num_processes={n}; only the last batch of an epoch may be uneven. Use batches of a constant "
+                        "size (a multiple of the number of processes with split_batches=True)"
+                    )
+                if extra and not self._drop_last:
+                    current = concatenate([current, first], dim=0)
+                    per_rank += 1
+                mine = self.slice_fn(
+                    current, slice(rank * per_rank, (rank + 1) * per_rank), process_index=rank, num_processes=n
+                )
+                if last:
+                    self.end_of_dataloader = True
+                    self.remainder = observed  # real samples in the last global batch (as Accelerate reports it)
+                if index >= self.skip_batches:
+                    yield mine
+                index += 1
+                current, observed = upcoming, upcoming_size
+            self.iteration += 1  # only after a complete pass
+        finally:
+            self.end()
+
+    def _next_global_batch(self, batches: Iterator[Any] | None, step: int) -> tuple[Any, int]:
+        """The next global batch on every rank (broadcast from the source) and its size; ``(None, 0)`` at the end."""
+        batch: Any = None
+        if self._is_source():
+            assert batches is not None
+            group: list[Any] = []
+            for _ in range(1 if self.split_batches else self.num_processes):
+                try:
+                    group.append(next(batches))
+                except StopIteration:
+                    break
+            if group and not self.split_batches and len(group) < self.num_processes and self._drop_last:
+                group = []  # drop_last: an incomplete round is dropped, as the wrapped loader drops its short batch
+            if group:
+                try:
+                    batch = concatenate(group, dim=0) if len(group) > 1 else group[0]
+                except (RuntimeError, TypeError) as err:
+                    raise RuntimeError(
+                        f"dispatch_batches=True could not join the {len(group)} batches of step {step} into one "
+                        f"global batch ({err}); batches must have the same structure and shapes past dim 0. Use "
+                        "dispatch_batches=False (each process loads its own batches) or split_batches=True (one "
+                        "loader batch is split across processes)"
+                    ) from err
+            info: list[Any] = [get_data_structure(batch) if batch is not None else None, batch is not None]
+        else:
+            info = [None, False]
+        if _world_size() > 1:
+            dist.broadcast_object_list(info, src=0)
+        if not info[1]:
+            return None, 0
+        if not self._is_source():
+            batch = initialize_tensors(info[0])
+        batch = send_to_device(batch, self.device, non_blocking=self._non_blocking)
+        if _world_size() > 1:
+            batch = recursively_apply(_broadcast_leaf, batch)
+        return batch, find_batch_size(batch)
+
+    def __len__(self) -> int:
+        whole = super().__len__()
+        if self.split_batches:
+            return max(0, whole - self.skip_batches)
+        steps = whole // self.num_processes if self._drop_last else math.ceil(whole / self.num_processes)
+        return max(0, steps - self.skip_batches)
+
+    @property
+    def total_batch_size(self) -> int | None:
+        """Samples per step over all ranks: the loader's batch size with ``split_batches``, else times the ranks.
+
+        Example:
+            >>> import torch
+            >>> from torch.utils.data import DataLoader
+            >>> prepare_data_loader(DataLoader(list(range(8)), batch_size=2), put_on_device=True,
+            ...                     device=torch.device("cpu"), dispatch_batches=True).total_batch_size
+            2
+        """
+        batch_sampler = self._index_batch_sampler()
+        size = self.batch_size if self.batch_size is not None else getattr(batch_sampler, "batch_size", None)
+        if size is None:
+            return None
+        return int(size) if self.split_batches else int(size) * self.num_processes
+
+    def _last_batch_remainder(self) -> int:
+        total = self.total_batch_size
+        if self._drop_last or not total:
+            return -1
+        try:
+            return self.total_dataset_length % total
+        except (TypeError, NotImplementedError, AttributeError):  # unknown until the last batch is seen
+            return -1
+
+
+def _broadcast_leaf(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's values in ``tensor`` on every rank (collectives need contiguous memory)."""
+    tensor = tensor.contiguous()
+    dist.broadcast(tensor, src=0)
+    return tensor
+
+
+class SkipDataLoader(_StatefulSwitch, DataLoaderStateMixin, DataLoader):
     """A ``DataLoader`` that skips its first ``skip_batches`` batches in every pass (used for iterable datasets).
 
     Example:
@@ -654,17 +1172,13 @@ class SkipDataLoader(DataLoaderStateMixin, DataLoader):
     def __init__(
         self, dataset: Any, skip_batches: int = 0, use_stateful_dataloader: bool = False, **kwargs: Any
     ) -> None:
-        if use_stateful_dataloader:
-            raise NotImplementedError(
-                "use_stateful_dataloader=True (torchdata StatefulDataLoader) is not supported by overdrive yet; "
-                "use use_stateful_dataloader=False"
-            )
         super().__init__(dataset, **kwargs)
         self.skip_batches = skip_batches
         self.use_stateful_dataloader = use_stateful_dataloader
         self.gradient_state = GradientState()
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        self._pass_started()
         yield from self._tracked(super().__iter__(), self.skip_batches)
 
     def __len__(self) -> int:
@@ -731,7 +1245,7 @@ def prepare_data_loader(
     use_stateful_dataloader: bool = False,
     torch_device_mesh: Any = None,
 ) -> DataLoader:
-    """Return a :class:`DataLoaderShard` that yields this process's share of ``dataloader``'s batches.
+    """Return a loader that yields this process's share of ``dataloader``'s batches.
 
     Same signature and meaning as ``accelerate.data_loader.prepare_data_loader``. Without ``split_batches`` each
     rank gets whole batches (the global batch is ``batch_size * num_processes``); with it each batch is split
@@ -739,11 +1253,16 @@ def prepare_data_loader(
     the start so all ranks take the same number of steps. ``num_processes`` / ``process_index`` default to
     :class:`~overdrive.state.PartialState`'s. The user's loader and samplers are not modified.
 
+    The result is a :class:`DataLoaderShard` (a map-style dataset gets a :class:`BatchSamplerShard`, an
+    ``IterableDataset`` an :class:`IterableDatasetShard`), or a :class:`DataLoaderDispatcher` when
+    ``dispatch_batches`` is True (by default: batches put on the device from an ``IterableDataset``). With
+    ``use_stateful_dataloader=True`` it is built on torchdata's ``StatefulDataLoader`` and has ``state_dict()`` /
+    ``load_state_dict()``; a ``RandomSampler`` without a generator then gets one, so its state can be saved.
+
     Raises:
         ValueError: ``split_batches`` with a batch size that does not divide by ``num_processes``;
             ``dispatch_batches=True`` without ``put_on_device``; a bad ``process_index`` or ``rng_types``.
-        NotImplementedError: an ``IterableDataset`` or ``dispatch_batches=True`` across several processes, or
-            ``use_stateful_dataloader=True``.
+        ImportError: ``use_stateful_dataloader=True`` without torchdata installed.
 
     Example:
         >>> from torch.utils.data import DataLoader
@@ -761,10 +1280,7 @@ def prepare_data_loader(
     if dispatch_batches and not put_on_device:
         raise ValueError("dispatch_batches=True needs put_on_device=True; pass both or neither")
     if use_stateful_dataloader:
-        raise NotImplementedError(
-            "use_stateful_dataloader=True (torchdata StatefulDataLoader) is not supported by overdrive yet; "
-            "set DataLoaderConfiguration(use_stateful_dataloader=False) and resume with skip_first_batches"
-        )
+        _import_stateful_dataloader()  # fail here, with the install hint, rather than at the first batch
     state = PartialState()
     num_processes = state.num_processes if num_processes is None else num_processes
     process_index = state.process_index if process_index is None else process_index
@@ -776,20 +1292,12 @@ def prepare_data_loader(
         raise ValueError(f"process_index={process_index!r} must be an int in 0..{num_processes - 1}")
     rng_names = _normalise_rng_types(rng_types)  # also copies: the caller's list is never modified
     sharded = num_processes > 1
-    if sharded and is_iterable:
-        raise NotImplementedError(
-            f"sharding an IterableDataset ({type(dataset).__name__}) across {num_processes} processes is not "
-            "supported by overdrive yet; use a map-style Dataset (with __getitem__ and __len__) or run one process"
-        )
-    if sharded and dispatch_batches:
-        raise NotImplementedError(
-            f"dispatch_batches=True across {num_processes} processes is not supported by overdrive yet; "
-            "use dispatch_batches=False (each process loads its own batches)"
-        )
+    # Ranks that load their own batches must agree on the order; a dispatched loader samples on rank 0 only.
+    agree = (sharded or torch_device_mesh is not None) and not dispatch_batches
 
     sampler_is_batch_sampler = isinstance(dataloader.sampler, BatchSampler)
     batch_sampler = dataloader.sampler if sampler_is_batch_sampler else dataloader.batch_sampler
-    if sharded and batch_sampler is None:
+    if sharded and batch_sampler is None and not is_iterable and not dispatch_batches:
         raise ValueError(
             "DataLoader(batch_size=None) has no batch sampler to shard across processes; give the DataLoader a "
             "batch_size or a batch_sampler"
@@ -815,16 +1323,17 @@ def prepare_data_loader(
                 data_seed=data_seed,
             )
             batch_sampler = _with_sampler(batch_sampler, seedable)
-        elif (sharded or torch_device_mesh is not None) and hasattr(sampler, "generator"):
+        elif (agree or use_stateful_dataloader) and hasattr(sampler, "generator"):
             # With a mesh, ranks along tp/cp must also shuffle alike even when the data-parallel size is 1.
             if sampler.generator is None:
-                # Give the sampler its own generator so its state can be copied from rank 0 at each epoch start.
+                # Its own generator: its state is copied from rank 0 at each epoch start, and saved by state_dict().
                 sampler = copy.copy(sampler)
                 sampler.generator = torch.Generator(device=torch.get_default_device())
                 sampler.generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
                 batch_sampler = _with_sampler(batch_sampler, sampler)
-            synchronized_generator = sampler.generator
-        if sharded:
+            if agree:
+                synchronized_generator = sampler.generator
+        if sharded and not dispatch_batches:
             batch_sampler = BatchSamplerShard(
                 batch_sampler,
                 num_processes=num_processes,
@@ -834,17 +1343,57 @@ def prepare_data_loader(
             )
 
     drops_last = bool(dataloader.drop_last or getattr(batch_sampler, "drop_last", False))
+    kwargs = _loader_kwargs(dataloader)
+    if dispatch_batches:
+        dispatch: dict[str, Any] = {
+            "split_batches": split_batches,
+            "_drop_last": drops_last,
+            "_non_blocking": non_blocking,
+            "slice_fn": slice_fn_for_dispatch,
+            "use_stateful_dataloader": use_stateful_dataloader,
+            "torch_device_mesh": torch_device_mesh,
+            "_num_processes": num_processes,
+            "_process_index": process_index,
+            "_device": device,
+            **kwargs,
+        }
+        if is_iterable:
+            return DataLoaderDispatcher(dataset, batch_size=dataloader.batch_size, drop_last=dataloader.drop_last,
+                                        **dispatch)
+        if batch_sampler is None:
+            return DataLoaderDispatcher(dataset, sampler=dataloader.sampler, batch_size=None, **dispatch)
+        if sampler_is_batch_sampler:
+            return DataLoaderDispatcher(dataset, sampler=batch_sampler, batch_size=dataloader.batch_size, **dispatch)
+        return DataLoaderDispatcher(dataset, batch_sampler=batch_sampler, **dispatch)
+
     common: dict[str, Any] = {
         "device": device if put_on_device else None,
         "rng_types": rng_names,
         "synchronized_generator": synchronized_generator,
         "_drop_last": drops_last,
         "_non_blocking": non_blocking,
+        "use_stateful_dataloader": use_stateful_dataloader,
         "torch_device_mesh": torch_device_mesh,
-        **_loader_kwargs(dataloader),
+        **kwargs,
     }
     if is_iterable:
-        return DataLoaderShard(dataset, batch_size=dataloader.batch_size, drop_last=dataloader.drop_last, **common)
+        batch_size = dataloader.batch_size
+        if sharded:
+            stream_generator = getattr(dataset, "generator", None)
+            if isinstance(stream_generator, torch.Generator):
+                common["synchronized_generator"] = stream_generator  # a stream that shuffles: same order everywhere
+            dataset = IterableDatasetShard(
+                cast(IterableDataset, dataset),
+                # batch_size=None (the stream yields ready batches): deal them out one by one.
+                batch_size=1 if batch_size is None else batch_size,
+                drop_last=dataloader.drop_last,
+                num_processes=num_processes,
+                process_index=process_index,
+                split_batches=split_batches,
+            )
+            if batch_size is not None and split_batches:
+                batch_size //= num_processes
+        return DataLoaderShard(dataset, batch_size=batch_size, drop_last=dataloader.drop_last, **common)
     if batch_sampler is None:  # batch_size=None on one process: samples one by one, as the user asked
         return DataLoaderShard(dataset, sampler=dataloader.sampler, batch_size=None, **common)
     if sampler_is_batch_sampler:
@@ -856,7 +1405,8 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
     """A loader like ``dataloader`` whose passes start after ``num_batches`` batches (to resume mid-epoch).
 
     A :class:`DataLoaderShard` gives a :class:`DataLoaderShard` with the same device, RNG agreement and
-    ``iteration``; a plain ``DataLoader`` gives a plain ``DataLoader`` over a :class:`SkipBatchSampler`
+    ``iteration``; a :class:`DataLoaderDispatcher` one that skips ``num_batches`` dispatched steps; a plain
+    ``DataLoader`` gives a plain ``DataLoader`` over a :class:`SkipBatchSampler`
     (a :class:`SkipDataLoader` for iterable datasets).
 
     Example:
@@ -868,6 +1418,29 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
         raise ValueError(f"num_batches={num_batches!r} must be an int >= 0 (the number of batches to skip)")
     dataset = dataloader.dataset
     kwargs = _loader_kwargs(dataloader)
+    if isinstance(dataloader, DataLoaderDispatcher):
+        # Skip whole dispatched steps (each is num_processes loader batches): every rank still takes part.
+        if isinstance(dataloader.sampler, BatchSampler):
+            kwargs.update(sampler=dataloader.sampler, batch_size=dataloader.batch_size)
+        elif isinstance(dataset, IterableDataset) or dataloader.batch_sampler is None:
+            kwargs.update(sampler=None if isinstance(dataset, IterableDataset) else dataloader.sampler,
+                          batch_size=dataloader.batch_size, drop_last=dataloader.drop_last)
+        else:
+            kwargs["batch_sampler"] = dataloader.batch_sampler
+        return DataLoaderDispatcher(
+            dataset,
+            split_batches=dataloader.split_batches,
+            skip_batches=num_batches,
+            _drop_last=dataloader._drop_last,
+            _non_blocking=dataloader._non_blocking,
+            slice_fn=dataloader.slice_fn,
+            torch_device_mesh=dataloader.torch_device_mesh,
+            iteration=dataloader.iteration,
+            _num_processes=dataloader.num_processes,
+            _process_index=dataloader.process_index,
+            _device=dataloader.device,
+            **kwargs,
+        )
     is_shard = isinstance(dataloader, DataLoaderShard)
     if isinstance(dataloader, DataLoaderShard):  # not `if is_shard`: mypy narrows only on the isinstance itself
         kwargs.update(

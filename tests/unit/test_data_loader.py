@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import random
+import sys
 
 import pytest
 import torch
@@ -14,7 +15,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 import accelerate.data_loader as ref
 from overdrive.data_loader import (
     BatchSamplerShard,
+    DataLoaderDispatcher,
     DataLoaderShard,
+    IterableDatasetShard,
     SeedableRandomSampler,
     SkipBatchSampler,
     SkipDataLoader,
@@ -434,15 +437,7 @@ def test_split_batches_needs_divisible_batch_size():
                             split_batches=True)
 
 
-def test_not_yet_supported_options_raise_clearly():
-    with pytest.raises(NotImplementedError, match=r"IterableDataset \(Stream\) across 2 processes"):
-        prepare_data_loader(DataLoader(Stream(), batch_size=2), num_processes=2, process_index=0)
-    with pytest.raises(NotImplementedError, match=r"dispatch_batches=True across 2 processes"):
-        prepare_data_loader(DataLoader(list(range(4))), num_processes=2, process_index=0, put_on_device=True,
-                            dispatch_batches=True)
-    with pytest.raises(NotImplementedError, match=r"use_stateful_dataloader=True"):
-        prepare_data_loader(DataLoader(list(range(4))), num_processes=1, process_index=0,
-                            use_stateful_dataloader=True)
+def test_bad_options_raise_clearly():
     with pytest.raises(ValueError, match=r"dispatch_batches=True needs put_on_device=True"):
         prepare_data_loader(DataLoader(list(range(4))), dispatch_batches=True)
     with pytest.raises(ValueError, match=r"rng_types contains 'xla'"):
@@ -451,13 +446,18 @@ def test_not_yet_supported_options_raise_clearly():
         prepare_data_loader(DataLoader(list(range(4))), num_processes=2, process_index=3)
     with pytest.raises(ValueError, match=r"num_batches=-1"):
         skip_first_batches(DataLoader(list(range(4))), -1)
+    with pytest.raises(ValueError, match=r"num_processes=2, got batch_size=3"):
+        IterableDatasetShard(Stream(), batch_size=3, num_processes=2, split_batches=True)
 
 
-def test_iterable_dataset_on_one_process_is_wrapped():
-    dl = prepare_data_loader(DataLoader(Stream(), batch_size=3), num_processes=1, process_index=0,
-                             put_on_device=True, device=torch.device("cpu"))
-    ends = [(b.tolist(), dl.end_of_dataloader) for b in dl]
-    assert ends == [([0, 1, 2], False), ([3], True)] and dl.remainder == -1
+def test_iterable_dataset_on_one_process_is_dispatched_like_accelerate():
+    """put_on_device with an IterableDataset defaults to dispatch_batches=True (also on one process)."""
+    runs = []
+    for prepare in (ref.prepare_data_loader, prepare_data_loader):
+        dl = prepare(DataLoader(Stream(), batch_size=3), num_processes=1, process_index=0, put_on_device=True,
+                     device=torch.device("cpu"))
+        runs.append((type(dl).__name__, [(b.tolist(), dl.end_of_dataloader) for b in dl], dl.remainder))
+    assert runs[0] == runs[1] == ("DataLoaderDispatcher", [([0, 1, 2], False), ([3], True)], 1)
 
 
 def test_rng_types_list_is_not_modified():
@@ -472,7 +472,7 @@ def test_rng_types_list_is_not_modified():
 @pytest.mark.parametrize(
     "name",
     ["prepare_data_loader", "skip_first_batches", "BatchSamplerShard", "DataLoaderShard", "SkipBatchSampler",
-     "SkipDataLoader"],
+     "SkipDataLoader", "IterableDatasetShard", "DataLoaderDispatcher", "SeedableRandomSampler.set_epoch"],
 )
 def test_signatures_match_accelerate(name):
     import overdrive.data_loader as mine
@@ -480,7 +480,12 @@ def test_signatures_match_accelerate(name):
     def shape(obj):
         return [(p.name, p.kind, p.default) for p in inspect.signature(obj).parameters.values()]
 
-    assert shape(getattr(mine, name)) == shape(getattr(ref, name))
+    def load(module, dotted):
+        for part in dotted.split("."):
+            module = getattr(module, part)
+        return module
+
+    assert shape(load(mine, name)) == shape(load(ref, name))
 
 
 def test_random_sampler_subclass_is_replaced_only_when_asked():
@@ -488,3 +493,327 @@ def test_random_sampler_subclass_is_replaced_only_when_asked():
     assert type(get_sampler(prepare_data_loader(original, num_processes=1, process_index=0))) is RandomSampler
     seeded = prepare_data_loader(original, num_processes=1, process_index=0, use_seedable_sampler=True, data_seed=0)
     assert isinstance(get_sampler(seeded), SeedableRandomSampler)
+
+
+# -- IterableDatasetShard and iterable DataLoaderShard ----------------------------------------------------------------
+
+
+class SizedStream(IterableDataset):
+    """An iterable dataset over range(size) that also knows its length."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __iter__(self):
+        return iter(range(self.size))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_iterable_dataset_shard_grid_matches_accelerate():
+    cases = 0
+    for size, batch_size, n, split, drop_last in itertools.product(
+        range(0, 30), range(1, 5), range(1, 5), [False, True], [False, True]
+    ):
+        if split and batch_size % n:
+            continue  # refused by overdrive (Accelerate yields nothing for batch_size=1): see test_bad_options
+        for rank in range(n):
+            expected = list(ref.IterableDatasetShard(range(size), batch_size, drop_last, n, rank, split))
+            shard = IterableDatasetShard(range(size), batch_size, drop_last, n, rank, split)
+            case = dict(size=size, batch_size=batch_size, n=n, rank=rank, split=split, drop_last=drop_last)
+            assert list(shard) == expected, case
+            assert len(shard) == len(expected), case  # counts what is yielded (also with split_batches)
+            cases += 1
+    assert cases > 2_000
+
+
+def test_iterable_dataset_shard_passes_the_epoch_on():
+    class EpochStream(SizedStream):
+        epochs: list[int] = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    stream = EpochStream(8)
+    dl = prepare_data_loader(DataLoader(stream, batch_size=2), num_processes=2, process_index=0)
+    assert isinstance(dl.dataset, IterableDatasetShard)
+    list(dl)
+    list(dl)
+    dl.set_epoch(7)
+    assert stream.epochs == [0, 1, 7] and dl.dataset.epoch == 7
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 13])
+def test_prepared_iterable_loader_matches_accelerate_and_partitions(size, split, drop_last):
+    n, batch_size = 2, 4 if split else 2
+    per_rank, runs = [], []
+    for rank in range(n):
+        batches = []
+        for prepare in (ref.prepare_data_loader, prepare_data_loader):
+            dl = prepare(DataLoader(SizedStream(size), batch_size=batch_size, drop_last=drop_last), num_processes=n,
+                         process_index=rank, split_batches=split)
+            batches.append(indices(dl))
+        assert batches[0] == batches[1]
+        per_rank.append(batches[1])
+        runs.append(dl)
+    dl = runs[0]
+    assert dl.total_batch_size == 4  # the global batch (Accelerate reports the per-rank size for iterables)
+    steps = [sum((per_rank[r][s] for r in range(n)), []) for s in range(len(per_rank[0]))]
+    if drop_last:
+        assert dl.remainder == -1
+        assert sorted(sum(steps, [])) == list(range(size - size % 4))
+    elif steps:
+        # remainder is the real count of the last global batch, relative to the whole stream's length
+        assert dl.remainder == size % 4
+        trimmed = sum(steps[:-1], []) + (steps[-1][: dl.remainder] if dl.remainder else steps[-1])
+        assert trimmed == list(range(size))
+
+
+def test_iterable_loader_end_of_dataloader_and_unknown_remainder():
+    state = GradientState()
+    dl = prepare_data_loader(DataLoader(Stream(), batch_size=1), num_processes=2, process_index=1)
+    seen = []
+    for batch in dl:
+        assert state.active_dataloader is dl
+        seen.append((batch.tolist(), dl.end_of_dataloader, state.remainder))
+    # an unsized stream: remainder is unknown (-1), end_of_dataloader is still exact
+    assert seen == [([1], False, -1), ([3], True, -1)]
+    assert state.dataloader_references == [None] and dl.iteration == 1
+    sized = prepare_data_loader(DataLoader(SizedStream(5), batch_size=2), num_processes=2, process_index=0)
+    assert [(b.tolist(), sized.end_of_dataloader, sized.remainder) for b in sized] == [
+        ([0, 1], False, 1), ([4, 0], True, 1)]
+
+
+def test_iterable_stream_of_ready_batches_is_dealt_out():
+    """batch_size=None: every stream element is already a batch; ranks take every n-th one."""
+    dl = prepare_data_loader(DataLoader(Stream(), batch_size=None), num_processes=2, process_index=1)
+    assert list(dl) == [1, 3]
+
+
+# -- DataLoaderDispatcher ---------------------------------------------------------------------------------------------
+
+
+def dispatched(loader, n=1, rank=0, **kwargs):
+    """A dispatcher for simulated rank `rank` of `n` (no process group: every simulated rank reads the data)."""
+    if n == 1:
+        return prepare_data_loader(loader, put_on_device=True, device=torch.device("cpu"), dispatch_batches=True,
+                                   **kwargs)
+    return prepare_data_loader(loader, num_processes=n, process_index=rank, put_on_device=True,
+                               device=torch.device("cpu"), dispatch_batches=True, **kwargs)
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("iterable", [False, True])
+def test_dispatcher_on_one_process_matches_accelerate(split, drop_last, iterable):
+    dataset = SizedStream(11) if iterable else list(range(11))
+    runs = []
+    for prepare in (ref.prepare_data_loader, prepare_data_loader):
+        dl = prepare(DataLoader(dataset, batch_size=2, drop_last=drop_last), num_processes=1, process_index=0,
+                     put_on_device=True, device=torch.device("cpu"), dispatch_batches=True, split_batches=split)
+        assert type(dl).__name__ == "DataLoaderDispatcher"
+        runs.append(([(b.tolist(), dl.end_of_dataloader) for b in dl], dl.remainder, len(dl)))
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("size", [1, 5, 8, 11, 12])
+def test_dispatcher_slices_partition_each_global_batch(size, split):
+    n, batch_size = 2, 4 if split else 2
+    per_rank, loaders = [], []
+    for rank in range(n):
+        dl = dispatched(DataLoader(list(range(size)), batch_size=batch_size), n, rank, split_batches=split)
+        assert isinstance(dl, DataLoaderDispatcher) and dl.total_batch_size == 4
+        ends = []
+        batches = []
+        for batch in dl:
+            batches.append(batch.tolist())
+            ends.append(dl.end_of_dataloader)
+        assert ends == [False] * (len(ends) - 1) + [True] and len(batches) == len(dl)
+        per_rank.append(batches)
+        loaders.append(dl)
+    assert [len(b) for b in per_rank[0]] == [len(b) for b in per_rank[1]]  # ranks get equal shapes every step
+    steps = [sum((per_rank[r][s] for r in range(n)), []) for s in range(len(per_rank[0]))]
+    remainder = loaders[0].remainder
+    assert remainder == len(steps[-1]) - (len(steps[-1]) - (size % 4 or 4))  # the real count of the last step
+    assert sum(steps[:-1], []) + steps[-1][:remainder] == list(range(size))
+
+
+def test_dispatcher_drop_last_and_custom_slice_fn():
+    per_rank = [indices(dispatched(DataLoader(list(range(11)), batch_size=2, drop_last=True), 2, r))
+                for r in range(2)]
+    assert per_rank == [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]  # the incomplete round [8, 9] is dropped
+
+    calls = []
+
+    def every_other(batch, tensor_slice, process_index=None, num_processes=None):
+        calls.append((process_index, num_processes))
+        return batch[process_index::num_processes]
+
+    dl = dispatched(DataLoader(list(range(8)), batch_size=2), 2, 1, slice_fn_for_dispatch=every_other)
+    assert indices(dl) == [[1, 3], [5, 7]] and set(calls) == {(1, 2)}
+
+
+def test_dispatcher_dicts_of_tensors_and_skip_first_batches():
+    samples = [{"x": torch.full((3,), float(i)), "y": i} for i in range(10)]
+    dl = dispatched(DataLoader(samples, batch_size=2), 2, 1)
+    batches = list(dl)
+    # the last global batch is [8, 9] only: each rank gets half of it (not a whole loader batch as with a shard)
+    assert [b["y"].tolist() for b in batches] == [[2, 3], [6, 7], [9]]
+    assert batches[0]["x"].shape == (2, 3)
+    skipped = skip_first_batches(dl, 1)
+    assert isinstance(skipped, DataLoaderDispatcher) and len(skipped) == 2
+    assert [b["y"].tolist() for b in skipped] == [[6, 7], [9]] and skipped.remainder == 2
+
+
+def test_dispatcher_rejects_batches_that_do_not_concatenate():
+    ragged = [torch.zeros(1), torch.zeros(2)]
+    dl = dispatched(DataLoader(ragged, batch_size=1), 2, 0)
+    with pytest.raises(RuntimeError, match=r"dispatch_batches=True could not join the 2 batches"):
+        list(dl)
+    assert GradientState().dataloader_references == [None]
+
+
+# -- workers ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["map", "dispatch"])
+def test_workers_do_not_change_the_batches(kind):
+    def run(workers):
+        out = []
+        for rank in range(2):
+            loader = DataLoader(list(range(11)), batch_size=2, shuffle=True, num_workers=workers,
+                                generator=torch.Generator().manual_seed(3))
+            if kind == "map":
+                dl = prepare_data_loader(loader, num_processes=2, process_index=rank, use_seedable_sampler=True,
+                                         data_seed=5)
+            else:
+                dl = dispatched(loader, 2, rank, use_seedable_sampler=True, data_seed=5)
+            out.append([indices(dl) for _ in range(2)])
+        return out
+
+    assert run(0) == run(2)
+
+
+# -- seedable sampler: the default of the Accelerator -----------------------------------------------------------------
+
+
+def test_seedable_sampler_is_the_configured_default_and_reshuffles_per_epoch():
+    from overdrive import Accelerator
+    from overdrive.utils import DataLoaderConfiguration
+
+    assert DataLoaderConfiguration().use_seedable_sampler is True
+    assert inspect.signature(prepare_data_loader).parameters["use_seedable_sampler"].default is False  # Accelerate's
+    torch.manual_seed(11)
+    dl = Accelerator().prepare(DataLoader(list(range(12)), batch_size=3, shuffle=True))
+    assert isinstance(dl.get_sampler(), SeedableRandomSampler) and dl.get_sampler().initial_seed == 11
+    epochs = [sum(indices(dl), []) for _ in range(3)]  # no set_epoch: a completed pass advances `iteration`
+    assert len({tuple(e) for e in epochs}) == 3 and dl.iteration == 3
+    for epoch, order in enumerate(epochs):  # (seed, epoch) -> order, a pure-torch reference
+        assert order == torch.randperm(12, generator=torch.Generator().manual_seed(11 + epoch)).tolist()
+    dl.set_epoch(1)
+    assert sum(indices(dl), []) == epochs[1]
+
+
+# -- stateful loaders (torchdata StatefulDataLoader) ------------------------------------------------------------------
+
+
+def stateful_loader(workers: int, seedable: bool, n: int = 1, rank: int = 0, size: int = 23):
+    loader = DataLoader(list(range(size)), batch_size=2, shuffle=True, num_workers=workers)
+    return prepare_data_loader(loader, num_processes=n, process_index=rank, use_stateful_dataloader=True,
+                               use_seedable_sampler=seedable, data_seed=17 if seedable else None)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("seedable", [True, False])
+def test_stateful_round_trip_resumes_with_the_remaining_batches(workers, seedable, tmp_path):
+    torch.manual_seed(0)
+    dl = stateful_loader(workers, seedable)
+    assert isinstance(dl, DataLoaderShard) and type(dl).__name__ == "StatefulDataLoaderShard"
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    assert isinstance(dl, StatefulDataLoader)
+    first_epoch = indices(dl)  # a full epoch first, so the resumed pass is not epoch 0
+    stream, k = [], 4
+    for step, batch in enumerate(dl):
+        stream.append(batch.tolist())
+        if step == k - 1:
+            torch.save(dl.state_dict(), tmp_path / "state.pt")
+    assert stream != first_epoch
+    torch.manual_seed(123)  # a different global RNG: the order must come from the saved state alone
+    fresh = stateful_loader(workers, seedable)
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    ends = []
+    rest = []
+    for batch in fresh:
+        rest.append(batch.tolist())
+        ends.append(fresh.end_of_dataloader)
+    assert rest == stream[k:] and ends[-1] and not any(ends[:-1])
+    assert fresh.iteration == dl.iteration == 2
+    assert indices(fresh) == indices(dl)  # and the following epochs agree too
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stateful_state_after_the_last_batch_starts_the_next_epoch(workers):
+    torch.manual_seed(0)
+    dl = stateful_loader(workers, seedable=False, size=8)
+    for _ in dl:
+        state = dl.state_dict()  # the last one is taken after the last batch
+    expected_next = indices(dl)
+    fresh = stateful_loader(workers, seedable=False, size=8)
+    fresh.load_state_dict(state)
+    assert fresh.iteration == 1 and indices(fresh) == expected_next
+
+
+def test_stateful_sharded_ranks_resume_their_own_batches():
+    per_rank = []
+    for rank in range(2):
+        dl = stateful_loader(0, seedable=True, n=2, rank=rank)
+        it = iter(dl)
+        head = [next(it).tolist() for _ in range(2)]
+        state = dl.state_dict()
+        tail = [b.tolist() for b in it]
+        fresh = stateful_loader(0, seedable=True, n=2, rank=rank)
+        fresh.load_state_dict(state)
+        assert indices(fresh) == tail
+        per_rank.append(head + tail)
+    assert per_rank[0] != per_rank[1]
+
+
+def test_stateful_state_before_iterating_starts_from_the_beginning():
+    dl = stateful_loader(0, seedable=True)
+    state = dl.state_dict()
+    fresh = stateful_loader(0, seedable=True)
+    fresh.load_state_dict(state)
+    assert indices(fresh) == indices(dl)
+
+
+def test_stateful_dispatcher_and_iterable_round_trip():
+    for make in (
+        lambda: dispatched(DataLoader(list(range(13)), batch_size=2), 2, 1, use_stateful_dataloader=True),
+        lambda: prepare_data_loader(DataLoader(SizedStream(13), batch_size=2), num_processes=2, process_index=1,
+                                    use_stateful_dataloader=True),
+    ):
+        dl = make()
+        whole = indices(dl)
+        it = iter(dl)
+        next(it)
+        state = dl.state_dict()
+        it.close()
+        fresh = make()
+        fresh.load_state_dict(state)
+        assert indices(fresh) == whole[1:]
+
+
+def test_stateful_without_torchdata_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchdata.stateful_dataloader", None)  # an import of it now fails
+    with pytest.raises(ImportError, match=r"pip install torchdata"):
+        prepare_data_loader(DataLoader(list(range(4))), use_stateful_dataloader=True)
+
+
+def test_plain_loaders_have_no_state_dict():
+    dl = prepare_data_loader(DataLoader(list(range(4))), num_processes=1, process_index=0)
+    assert not hasattr(dl, "state_dict") and type(dl) is DataLoaderShard

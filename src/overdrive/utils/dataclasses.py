@@ -234,6 +234,9 @@ class InitProcessGroupKwargs(KwargsHandler):
 class DataLoaderConfiguration:
     """How prepared data loaders shard and iterate (Accelerate's field names and defaults).
 
+    One deliberate difference: ``use_seedable_sampler`` defaults to True (Accelerate: False), so the shuffle order is
+    a pure function of (seed, epoch), the basis of exact resume.
+
     Example:
         >>> DataLoaderConfiguration(split_batches=True).even_batches
         True
@@ -242,7 +245,7 @@ class DataLoaderConfiguration:
     split_batches: bool = False
     dispatch_batches: bool | None = None
     even_batches: bool = True
-    use_seedable_sampler: bool = False
+    use_seedable_sampler: bool = True
     data_seed: int | None = None
     non_blocking: bool = False
     use_stateful_dataloader: bool = False
