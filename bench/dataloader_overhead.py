@@ -20,12 +20,11 @@ import ast
 import datetime as _dt
 import os
 import platform
-import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, child_env, ratio, summary, versions, write_fragment  # bench/ is on sys.path when run
+
 FRAGMENT = ROOT / "docs" / "benchmarks.d" / "dataloader_overhead.md"
 GOAL_US = 50.0
 
@@ -66,27 +65,17 @@ LABELS = {
 }
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"  # the same thread setting as a launched worker
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)  # one process: never join a group from the caller's environment
-    return env
 
 
 def sample(kind: str, cfg: dict[str, int]) -> tuple[float, int] | None:
     """One fresh interpreter: median µs per batch over cfg['passes'] timed passes, and batches per pass."""
     code = CHILD.format(kind=kind, **cfg)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=300)
     if proc.returncode != 0:
         return None
     return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
 
 
-def summary(xs: list[float]) -> dict[str, float]:
-    """Median, min, max and interquartile range of µs values."""
-    qs = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "iqr": qs[2] - qs[0], "n": len(xs)}
 
 
 def run(repeats: int, cfg: dict[str, int]) -> dict[str, dict[str, float] | None]:
@@ -105,25 +94,12 @@ def run(repeats: int, cfg: dict[str, int]) -> dict[str, dict[str, float] | None]
     return {k: summary(xs[k]) if usable[k] and xs[k] else None for k in KINDS}
 
 
-def versions() -> dict[str, str]:
-    """Versions of the things measured, read without importing them here."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "overdrive", "accelerate"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
 def diff(a: dict[str, float] | None, base: dict[str, float] | None) -> str:
     return "n/a" if a is None or base is None else f"{a['median'] - base['median']:+.1f}"
 
 
-def ratio(a: dict[str, float] | None, base: dict[str, float] | None) -> str:
-    return "n/a" if a is None or base is None else f"{a['median'] / base['median']:.3g}x"
 
 
 def render_markdown(res: dict[str, dict[str, float] | None], repeats: int, cfg: dict[str, int]) -> str:
@@ -162,13 +138,6 @@ def render_markdown(res: dict[str, dict[str, float] | None], repeats: int, cfg: 
     return "\n".join(lines)
 
 
-def write_fragment(text: str, path: Path = FRAGMENT) -> Path:
-    """Replace this benchmark's fragment atomically (write a temp file, then rename over the old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = "" if k == "plain" else f"   diff to plain {diff(s, base)} µs, ratio {ratio(s, base)}"
         print(f"  {k:<10} {text}{extra}")
     if not args.no_write:
-        out = write_fragment(render_markdown(res, args.repeats, cfg))
+        out = write_fragment(render_markdown(res, args.repeats, cfg), FRAGMENT)
         print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

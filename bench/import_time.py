@@ -22,13 +22,13 @@ import datetime as _dt
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, child_env, ratio, summary, versions, write_fragment  # bench/ is on sys.path when run
+
 FRAGMENT = ROOT / "docs" / "benchmarks.d" / "import_time.md"
 
 # Child program: import torch untimed, then time STMT and report what else it pulled in.
@@ -49,17 +49,13 @@ print(repr((dt, len(new), third)))
 STATEMENTS = {"import": "import {pkg}", "from": "from {pkg} import Accelerator"}
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")  # the same thread setting as a launched worker
-    return env
 
 
 def import_sample(pkg: str, kind: str = "import") -> tuple[float, int, list[str]] | None:
     """One fresh interpreter: seconds STATEMENTS[kind] took on top of torch, modules added, non-stdlib names."""
     code = CHILD.format(stmt=STATEMENTS[kind].format(pkg=pkg), pkg=pkg)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=_env(), timeout=120)
+                          env=child_env(), timeout=120)
     if proc.returncode != 0:
         return None
     return ast.literal_eval(proc.stdout.strip().splitlines()[-1])
@@ -80,15 +76,11 @@ def cli_command(name: str) -> list[str]:
 def cli_sample(cmd: list[str]) -> float | None:
     """Wall seconds of one `CMD --help` in a fresh process, or None when it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True, env=_env(), timeout=120)
+    proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True, env=child_env(), timeout=120)
     dt = time.perf_counter() - t0
     return dt if proc.returncode == 0 else None
 
 
-def summary(xs: list[float]) -> dict[str, float]:
-    """Median, min, max and the interquartile range of a list of seconds."""
-    qs = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "iqr": qs[2] - qs[0], "n": len(xs)}
 
 
 def fmt_ms(s: dict[str, float] | None) -> str:
@@ -98,10 +90,6 @@ def fmt_ms(s: dict[str, float] | None) -> str:
             f"IQR {s['iqr'] * 1e3:.1f}, n={s['n']})")
 
 
-def ratio(a: dict[str, float] | None, b: dict[str, float] | None) -> str:
-    if a is None or b is None:
-        return "n/a"
-    return f"{a['median'] / b['median']:.3g}x"
 
 
 def run(repeats: int) -> dict[str, object]:
@@ -145,17 +133,6 @@ def run(repeats: int) -> dict[str, object]:
     }
 
 
-def versions() -> dict[str, str]:
-    """Versions of the things measured, read without importing them here."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "overdrive", "accelerate"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
 def render_markdown(res: dict[str, object], repeats: int) -> str:
@@ -199,13 +176,6 @@ def render_markdown(res: dict[str, object], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def write_fragment(text: str, path: Path = FRAGMENT) -> Path:
-    """Replace this benchmark's fragment atomically (write a temp file, then rename over the old one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio overdrive/accelerate: {ratio(hlp['overdrive'], hlp['accelerate'])}")
 
     if not args.no_write:
-        out = write_fragment(render_markdown(res, args.repeats))
+        out = write_fragment(render_markdown(res, args.repeats), FRAGMENT)
         print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

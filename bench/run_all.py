@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--assemble-only", action="store_true", help="only rebuild docs/benchmarks.md")
     args = parser.parse_args(argv)
-    scripts = sorted(p for p in BENCH.glob("*.py") if p.name != Path(__file__).name)
+    scripts = sorted(p for p in BENCH.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
     if args.names:
         known = {p.stem: p for p in scripts}
         unknown = [n for n in args.names if n not in known]

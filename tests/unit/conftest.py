@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from overdrive.state import AcceleratorState, GradientState, PartialState
+from overdrive.state import AcceleratorState, GradientState
 
 # Settings come from the environment too; a developer's exported ACCELERATE_* must not change unit results.
 _SETTING_VARS = [v for v in os.environ if v.startswith(("ACCELERATE_", "OVERDRIVE_"))]
