@@ -96,6 +96,16 @@ __all__ = [
 _U64 = 2**64
 
 
+def _check_rank(num_processes: Any, process_index: Any) -> None:
+    """Raise a ``ValueError`` unless ``process_index`` is a valid rank of ``num_processes`` processes."""
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes={num_processes!r} must be a positive int")
+    if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
+        raise ValueError(
+            f"process_index={process_index!r} must be an int in 0..{num_processes - 1} (num_processes - 1)"
+        )
+
+
 # -- samplers ---------------------------------------------------------------------------------------------------------
 
 
@@ -150,7 +160,27 @@ class SeedableRandomSampler(RandomSampler):
         self.epoch = epoch
 
 
-class BatchSamplerShard(BatchSampler):
+class _WrapsBatchSampler:
+    """What :class:`BatchSamplerShard` and :class:`SkipBatchSampler` read through to the batch sampler they wrap."""
+
+    batch_sampler: Iterable[list[int]]
+
+    @property
+    def sampler(self) -> Any:
+        """The index sampler of the wrapped batch sampler (``None`` if it has none)."""
+        return getattr(self.batch_sampler, "sampler", None)
+
+    @sampler.setter
+    def sampler(self, sampler: Any) -> None:
+        self.batch_sampler.sampler = sampler  # type: ignore[attr-defined]
+
+    @property
+    def total_length(self) -> int:
+        """Number of batches of the wrapped sampler (over all ranks for a shard; skipped ones included for a skip)."""
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+
+class BatchSamplerShard(_WrapsBatchSampler, BatchSampler):
     """Wrap a batch sampler so that rank ``process_index`` of ``num_processes`` gets only its batches.
 
     Without ``split_batches`` the wrapped batches are dealt out in rounds of ``num_processes``: rank ``r`` gets the
@@ -182,12 +212,7 @@ class BatchSamplerShard(BatchSampler):
         even_batches: bool = True,
     ) -> None:
         # BatchSampler.__init__ is not called on purpose: it validates a sampler we do not have.
-        if not isinstance(num_processes, int) or num_processes < 1:
-            raise ValueError(f"num_processes={num_processes!r} must be a positive int")
-        if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
-            raise ValueError(
-                f"process_index={process_index!r} must be an int in 0..{num_processes - 1} (num_processes - 1)"
-            )
+        _check_rank(num_processes, process_index)
         self.batch_sampler = batch_sampler
         self.num_processes = num_processes
         self.process_index = process_index
@@ -202,20 +227,6 @@ class BatchSamplerShard(BatchSampler):
                 f"sampler's batch_size is {self.batch_size}; use a batch size that is a multiple of {num_processes} "
                 "or split_batches=False"
             )
-
-    @property
-    def sampler(self) -> Any:
-        """The index sampler of the wrapped batch sampler (``None`` if it has none)."""
-        return getattr(self.batch_sampler, "sampler", None)
-
-    @sampler.setter
-    def sampler(self, sampler: Any) -> None:
-        self.batch_sampler.sampler = sampler  # type: ignore[attr-defined]
-
-    @property
-    def total_length(self) -> int:
-        """Number of batches of the wrapped sampler, over all ranks."""
-        return len(self.batch_sampler)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         total = len(self.batch_sampler)  # type: ignore[arg-type]
@@ -296,7 +307,7 @@ class BatchSamplerShard(BatchSampler):
         yield (list(last) + list(filler))[mine]
 
 
-class SkipBatchSampler(BatchSampler):
+class SkipBatchSampler(_WrapsBatchSampler, BatchSampler):
     """Yield the batches of ``batch_sampler`` after the first ``skip_batches`` (to resume mid-epoch).
 
     ``batch_size``, ``drop_last``, ``sampler``, ``num_processes`` and ``split_batches`` read through to the wrapped
@@ -327,15 +338,6 @@ class SkipBatchSampler(BatchSampler):
         return bool(getattr(self.batch_sampler, "drop_last", False))
 
     @property
-    def sampler(self) -> Any:
-        """The index sampler of the wrapped batch sampler."""
-        return getattr(self.batch_sampler, "sampler", None)
-
-    @sampler.setter
-    def sampler(self, sampler: Any) -> None:
-        self.batch_sampler.sampler = sampler  # type: ignore[attr-defined]
-
-    @property
     def num_processes(self) -> int:
         """Ranks the wrapped sampler is sharded over (1 if it is not sharded)."""
         return int(getattr(self.batch_sampler, "num_processes", 1))
@@ -344,11 +346,6 @@ class SkipBatchSampler(BatchSampler):
     def split_batches(self) -> bool:
         """Whether the wrapped sampler splits each batch across ranks."""
         return bool(getattr(self.batch_sampler, "split_batches", False))
-
-    @property
-    def total_length(self) -> int:
-        """Number of batches of the wrapped sampler, skipped ones included."""
-        return len(self.batch_sampler)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return max(0, len(self.batch_sampler) - self.skip_batches)  # type: ignore[arg-type]
@@ -389,12 +386,7 @@ class IterableDatasetShard(IterableDataset):
         process_index: int = 0,
         split_batches: bool = False,
     ) -> None:
-        if not isinstance(num_processes, int) or num_processes < 1:
-            raise ValueError(f"num_processes={num_processes!r} must be a positive int")
-        if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
-            raise ValueError(
-                f"process_index={process_index!r} must be an int in 0..{num_processes - 1} (num_processes - 1)"
-            )
+        _check_rank(num_processes, process_index)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be a positive int (samples per batch)")
         if split_batches and batch_size % num_processes != 0:
@@ -579,6 +571,22 @@ def _loader_kwargs(dataloader: DataLoader) -> dict[str, Any]:
     return {name: getattr(dataloader, name, default) for name, default in _dataloader_settings().items()}
 
 
+def _batch_sampler_of(dataloader: DataLoader) -> Any:
+    """The batch sampler ``dataloader`` uses: its ``sampler`` when that is a ``BatchSampler``, else ``batch_sampler``."""
+    return dataloader.sampler if isinstance(dataloader.sampler, BatchSampler) else dataloader.batch_sampler
+
+
+def _batching(dataloader: DataLoader, batch_sampler: Any) -> dict[str, Any]:
+    """``DataLoader`` keywords that batch like ``dataloader`` does, with ``batch_sampler`` in place of its own."""
+    if isinstance(dataloader.dataset, IterableDataset):
+        return {"batch_size": dataloader.batch_size, "drop_last": dataloader.drop_last}
+    if batch_sampler is None:  # batch_size=None: samples one by one, as the user asked
+        return {"sampler": dataloader.sampler, "batch_size": None}
+    if isinstance(dataloader.sampler, BatchSampler):  # a BatchSampler given as the sampler stays in that place
+        return {"sampler": batch_sampler, "batch_size": dataloader.batch_size}
+    return {"batch_sampler": batch_sampler}
+
+
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -755,14 +763,71 @@ class _StatefulSwitch:
 # -- the prepared loaders ---------------------------------------------------------------------------------------------
 
 
-class _PreparedLoader(_StatefulSwitch, DataLoaderStateMixin, DataLoader):
+class _SkippingLoader(_StatefulSwitch, DataLoaderStateMixin, DataLoader):
+    """What every loader of this module shares: ``skip_batches``, the stateful switch and the gradient state."""
+
+    def __init__(
+        self, dataset: Any, skip_batches: int = 0, use_stateful_dataloader: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(dataset, **kwargs)
+        self.skip_batches = skip_batches
+        self.use_stateful_dataloader = use_stateful_dataloader
+        self.gradient_state = GradientState()
+
+    def _steps_per_pass(self) -> int:
+        """Steps in a whole pass, skipped ones included: one per batch of the underlying ``DataLoader``."""
+        return super().__len__()
+
+    def __len__(self) -> int:
+        return max(0, self._steps_per_pass() - self.skip_batches)
+
+
+class _PreparedLoader(_SkippingLoader):
     """What :class:`DataLoaderShard` and :class:`DataLoaderDispatcher` share: epochs, samplers, dataset length."""
 
-    iteration: int
+    def __init__(
+        self,
+        dataset: Any,
+        skip_batches: int = 0,
+        use_stateful_dataloader: bool = False,
+        _drop_last: bool = False,
+        _non_blocking: bool = False,
+        torch_device_mesh: Any = None,
+        iteration: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, skip_batches=skip_batches, use_stateful_dataloader=use_stateful_dataloader, **kwargs)
+        self.torch_device_mesh = torch_device_mesh
+        self.iteration = iteration
+        self._drop_last = _drop_last
+        self._non_blocking = _non_blocking
+
+    def _carried_settings(self) -> dict[str, Any]:
+        """The keywords that give a rebuilt loader (:func:`skip_first_batches`) this loader's own settings."""
+        return {
+            "iteration": self.iteration,
+            "_drop_last": self._drop_last,
+            "_non_blocking": self._non_blocking,
+            "torch_device_mesh": self.torch_device_mesh,
+        }
 
     def _index_batch_sampler(self) -> Any:
         """The batch sampler in use: ``sampler`` when the user passed a ``BatchSampler`` as the sampler."""
-        return self.sampler if isinstance(self.sampler, BatchSampler) else self.batch_sampler
+        return _batch_sampler_of(self)
+
+    @property
+    def total_batch_size(self) -> int | None:
+        """Samples per step over all ranks; ``None`` if unknown (each prepared loader says how it counts them)."""
+        raise NotImplementedError
+
+    def _last_batch_remainder(self) -> int:
+        total = self.total_batch_size
+        if self._drop_last or not total:
+            return -1
+        try:
+            return self.total_dataset_length % total
+        except (TypeError, NotImplementedError, AttributeError):  # datasets without a length: unknown until the end
+            return -1
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch on this loader (``iteration``), its samplers and, if they do not reshuffle, the dataset.
@@ -876,17 +941,19 @@ class DataLoaderShard(_PreparedLoader):
         iteration: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dataset, **kwargs)
+        super().__init__(
+            dataset,
+            skip_batches=skip_batches,
+            use_stateful_dataloader=use_stateful_dataloader,
+            _drop_last=_drop_last,
+            _non_blocking=_non_blocking,
+            torch_device_mesh=torch_device_mesh,
+            iteration=iteration,
+            **kwargs,
+        )
         self.device = device
         self.rng_types = _normalise_rng_types(rng_types)
         self.synchronized_generator = synchronized_generator
-        self.skip_batches = skip_batches
-        self.use_stateful_dataloader = use_stateful_dataloader
-        self.torch_device_mesh = torch_device_mesh
-        self.iteration = iteration
-        self.gradient_state = GradientState()
-        self._drop_last = _drop_last
-        self._non_blocking = _non_blocking
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         self._agree_on_randomness()
@@ -894,9 +961,6 @@ class DataLoaderShard(_PreparedLoader):
         self._pass_started()
         yield from self._tracked(super().__iter__(), self.skip_batches, self.device, self._non_blocking)
         self.iteration += 1  # only after a complete pass: an abandoned pass does not count as an epoch
-
-    def __len__(self) -> int:
-        return max(0, super().__len__() - self.skip_batches)
 
     def _agree_on_randomness(self) -> None:
         """Copy rank 0's shuffle state to every rank (a collective; nothing without a multi-process group)."""
@@ -921,15 +985,9 @@ class DataLoaderShard(_PreparedLoader):
             sampler.initial_seed = int(agreed.item()) % _U64
 
     def _last_batch_remainder(self) -> int:
-        total = self.total_batch_size
-        if self._drop_last or not total:
-            return -1
         if isinstance(self.dataset, IterableDataset) and self.num_workers > 0:
             return -1  # each worker pads (or cuts short) its own stream: the real count of the last batch is unknown
-        try:
-            return self.total_dataset_length % total
-        except (TypeError, NotImplementedError, AttributeError):  # datasets without a length
-            return -1
+        return super()._last_batch_remainder()
 
     @property
     def total_batch_size(self) -> int | None:
@@ -1002,7 +1060,16 @@ class DataLoaderDispatcher(_PreparedLoader):
         num_processes = kwargs.pop("_num_processes", None)
         process_index = kwargs.pop("_process_index", None)
         device = kwargs.pop("_device", None)
-        super().__init__(dataset, **kwargs)
+        super().__init__(
+            dataset,
+            skip_batches=skip_batches,
+            use_stateful_dataloader=use_stateful_dataloader,
+            _drop_last=_drop_last,
+            _non_blocking=_non_blocking,
+            torch_device_mesh=torch_device_mesh,
+            iteration=iteration,
+            **kwargs,
+        )
         state = PartialState()
         if num_processes is None:
             num_processes, process_index = state.num_processes, state.process_index
@@ -1013,14 +1080,7 @@ class DataLoaderDispatcher(_PreparedLoader):
         self.process_index: int = int(process_index or 0)
         self.device = device if device is not None else state.device
         self.split_batches = split_batches
-        self.skip_batches = skip_batches
-        self.use_stateful_dataloader = use_stateful_dataloader
         self.slice_fn = slice_tensors if slice_fn is None else slice_fn
-        self.torch_device_mesh = torch_device_mesh
-        self.iteration = iteration
-        self.gradient_state = GradientState()
-        self._drop_last = _drop_last
-        self._non_blocking = _non_blocking
 
     _first_samples: Any = None  # the first samples of the pass, which complete an uneven last global batch
     _restored_first_samples: Any = None
@@ -1120,12 +1180,11 @@ class DataLoaderDispatcher(_PreparedLoader):
             batch = recursively_apply(_broadcast_leaf, batch)
         return batch, find_batch_size(batch)
 
-    def __len__(self) -> int:
-        whole = super().__len__()
+    def _steps_per_pass(self) -> int:
+        whole = super()._steps_per_pass()
         if self.split_batches:
-            return max(0, whole - self.skip_batches)
-        steps = whole // self.num_processes if self._drop_last else math.ceil(whole / self.num_processes)
-        return max(0, steps - self.skip_batches)
+            return whole
+        return whole // self.num_processes if self._drop_last else math.ceil(whole / self.num_processes)
 
     @property
     def total_batch_size(self) -> int | None:
@@ -1144,15 +1203,6 @@ class DataLoaderDispatcher(_PreparedLoader):
             return None
         return int(size) if self.split_batches else int(size) * self.num_processes
 
-    def _last_batch_remainder(self) -> int:
-        total = self.total_batch_size
-        if self._drop_last or not total:
-            return -1
-        try:
-            return self.total_dataset_length % total
-        except (TypeError, NotImplementedError, AttributeError):  # unknown until the last batch is seen
-            return -1
-
 
 def _broadcast_leaf(tensor: torch.Tensor) -> torch.Tensor:
     """Rank 0's values in ``tensor`` on every rank (collectives need contiguous memory)."""
@@ -1161,7 +1211,7 @@ def _broadcast_leaf(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-class SkipDataLoader(_StatefulSwitch, DataLoaderStateMixin, DataLoader):
+class SkipDataLoader(_SkippingLoader):
     """A ``DataLoader`` that skips its first ``skip_batches`` batches in every pass (used for iterable datasets).
 
     Example:
@@ -1169,20 +1219,9 @@ class SkipDataLoader(_StatefulSwitch, DataLoaderStateMixin, DataLoader):
         [[2, 3], [4, 5]]
     """
 
-    def __init__(
-        self, dataset: Any, skip_batches: int = 0, use_stateful_dataloader: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(dataset, **kwargs)
-        self.skip_batches = skip_batches
-        self.use_stateful_dataloader = use_stateful_dataloader
-        self.gradient_state = GradientState()
-
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         self._pass_started()
         yield from self._tracked(super().__iter__(), self.skip_batches)
-
-    def __len__(self) -> int:
-        return max(0, super().__len__() - self.skip_batches)
 
 
 def get_sampler(dataloader: DataLoader) -> Any:
@@ -1193,9 +1232,7 @@ def get_sampler(dataloader: DataLoader) -> Any:
         >>> isinstance(get_sampler(DataLoader(list(range(4)), shuffle=True)), RandomSampler)
         True
     """
-    if isinstance(dataloader.sampler, BatchSampler):
-        return getattr(dataloader.sampler, "sampler", None)
-    return getattr(dataloader.batch_sampler, "sampler", None)
+    return getattr(_batch_sampler_of(dataloader), "sampler", None)
 
 
 # -- preparation ------------------------------------------------------------------------------------------------------
@@ -1286,17 +1323,13 @@ def prepare_data_loader(
     process_index = state.process_index if process_index is None else process_index
     if torch_device_mesh is not None:
         num_processes, process_index = _data_parallel_coordinates(torch_device_mesh, num_processes, process_index)
-    if not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"num_processes={num_processes!r} must be a positive int")
-    if not isinstance(process_index, int) or not 0 <= process_index < num_processes:
-        raise ValueError(f"process_index={process_index!r} must be an int in 0..{num_processes - 1}")
+    _check_rank(num_processes, process_index)
     rng_names = _normalise_rng_types(rng_types)  # also copies: the caller's list is never modified
     sharded = num_processes > 1
     # Ranks that load their own batches must agree on the order; a dispatched loader samples on rank 0 only.
     agree = (sharded or torch_device_mesh is not None) and not dispatch_batches
 
-    sampler_is_batch_sampler = isinstance(dataloader.sampler, BatchSampler)
-    batch_sampler = dataloader.sampler if sampler_is_batch_sampler else dataloader.batch_sampler
+    batch_sampler = _batch_sampler_of(dataloader)
     if sharded and batch_sampler is None and not is_iterable and not dispatch_batches:
         raise ValueError(
             "DataLoader(batch_size=None) has no batch sampler to shard across processes; give the DataLoader a "
@@ -1342,40 +1375,29 @@ def prepare_data_loader(
                 even_batches=even_batches,
             )
 
-    drops_last = bool(dataloader.drop_last or getattr(batch_sampler, "drop_last", False))
-    kwargs = _loader_kwargs(dataloader)
-    if dispatch_batches:
-        dispatch: dict[str, Any] = {
-            "split_batches": split_batches,
-            "_drop_last": drops_last,
-            "_non_blocking": non_blocking,
-            "slice_fn": slice_fn_for_dispatch,
-            "use_stateful_dataloader": use_stateful_dataloader,
-            "torch_device_mesh": torch_device_mesh,
-            "_num_processes": num_processes,
-            "_process_index": process_index,
-            "_device": device,
-            **kwargs,
-        }
-        if is_iterable:
-            return DataLoaderDispatcher(dataset, batch_size=dataloader.batch_size, drop_last=dataloader.drop_last,
-                                        **dispatch)
-        if batch_sampler is None:
-            return DataLoaderDispatcher(dataset, sampler=dataloader.sampler, batch_size=None, **dispatch)
-        if sampler_is_batch_sampler:
-            return DataLoaderDispatcher(dataset, sampler=batch_sampler, batch_size=dataloader.batch_size, **dispatch)
-        return DataLoaderDispatcher(dataset, batch_sampler=batch_sampler, **dispatch)
-
+    # What both kinds of prepared loader take: the user's loader settings and the prepared loader's own.
     common: dict[str, Any] = {
-        "device": device if put_on_device else None,
-        "rng_types": rng_names,
-        "synchronized_generator": synchronized_generator,
-        "_drop_last": drops_last,
+        "_drop_last": bool(dataloader.drop_last or getattr(batch_sampler, "drop_last", False)),
         "_non_blocking": non_blocking,
         "use_stateful_dataloader": use_stateful_dataloader,
         "torch_device_mesh": torch_device_mesh,
-        **kwargs,
+        **_loader_kwargs(dataloader),
     }
+    if dispatch_batches:
+        return DataLoaderDispatcher(
+            dataset,
+            split_batches=split_batches,
+            slice_fn=slice_fn_for_dispatch,
+            _num_processes=num_processes,
+            _process_index=process_index,
+            _device=device,
+            **_batching(dataloader, batch_sampler),
+            **common,
+        )
+
+    common.update(
+        device=device if put_on_device else None, rng_types=rng_names, synchronized_generator=synchronized_generator
+    )
     if is_iterable:
         batch_size = dataloader.batch_size
         if sharded:
@@ -1394,11 +1416,7 @@ def prepare_data_loader(
             if batch_size is not None and split_batches:
                 batch_size //= num_processes
         return DataLoaderShard(dataset, batch_size=batch_size, drop_last=dataloader.drop_last, **common)
-    if batch_sampler is None:  # batch_size=None on one process: samples one by one, as the user asked
-        return DataLoaderShard(dataset, sampler=dataloader.sampler, batch_size=None, **common)
-    if sampler_is_batch_sampler:
-        return DataLoaderShard(dataset, sampler=batch_sampler, batch_size=dataloader.batch_size, **common)
-    return DataLoaderShard(dataset, batch_sampler=batch_sampler, **common)
+    return DataLoaderShard(dataset, **_batching(dataloader, batch_sampler), **common)
 
 
 def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoader:
@@ -1418,27 +1436,19 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
         raise ValueError(f"num_batches={num_batches!r} must be an int >= 0 (the number of batches to skip)")
     dataset = dataloader.dataset
     kwargs = _loader_kwargs(dataloader)
+    batch_sampler = _batch_sampler_of(dataloader)
     if isinstance(dataloader, DataLoaderDispatcher):
         # Skip whole dispatched steps (each is num_processes loader batches): every rank still takes part.
-        if isinstance(dataloader.sampler, BatchSampler):
-            kwargs.update(sampler=dataloader.sampler, batch_size=dataloader.batch_size)
-        elif isinstance(dataset, IterableDataset) or dataloader.batch_sampler is None:
-            kwargs.update(sampler=None if isinstance(dataset, IterableDataset) else dataloader.sampler,
-                          batch_size=dataloader.batch_size, drop_last=dataloader.drop_last)
-        else:
-            kwargs["batch_sampler"] = dataloader.batch_sampler
         return DataLoaderDispatcher(
             dataset,
             split_batches=dataloader.split_batches,
             skip_batches=num_batches,
-            _drop_last=dataloader._drop_last,
-            _non_blocking=dataloader._non_blocking,
             slice_fn=dataloader.slice_fn,
-            torch_device_mesh=dataloader.torch_device_mesh,
-            iteration=dataloader.iteration,
             _num_processes=dataloader.num_processes,
             _process_index=dataloader.process_index,
             _device=dataloader.device,
+            **dataloader._carried_settings(),
+            **_batching(dataloader, batch_sampler),
             **kwargs,
         )
     is_shard = isinstance(dataloader, DataLoaderShard)
@@ -1447,24 +1457,11 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
             device=dataloader.device,
             rng_types=dataloader.rng_types,
             synchronized_generator=dataloader.synchronized_generator,
-            iteration=dataloader.iteration,
-            _drop_last=dataloader._drop_last,
-            _non_blocking=dataloader._non_blocking,
-            torch_device_mesh=dataloader.torch_device_mesh,
+            **dataloader._carried_settings(),
         )
-    sampler_is_batch_sampler = isinstance(dataloader.sampler, BatchSampler)
-    batch_sampler = dataloader.sampler if sampler_is_batch_sampler else dataloader.batch_sampler
     if isinstance(dataset, IterableDataset) or batch_sampler is None:
         # No batch sampler to skip in: skip while iterating instead.
-        kwargs.update(batch_size=dataloader.batch_size, skip_batches=num_batches)
-        if not isinstance(dataset, IterableDataset):
-            kwargs["sampler"] = dataloader.sampler
-        else:
-            kwargs["drop_last"] = dataloader.drop_last
+        kwargs.update(_batching(dataloader, batch_sampler), skip_batches=num_batches)
         return DataLoaderShard(dataset, **kwargs) if is_shard else SkipDataLoader(dataset, **kwargs)
-    skipping = SkipBatchSampler(batch_sampler, skip_batches=num_batches)
-    if sampler_is_batch_sampler:
-        kwargs.update(sampler=skipping, batch_size=dataloader.batch_size)
-    else:
-        kwargs["batch_sampler"] = skipping
+    kwargs.update(_batching(dataloader, SkipBatchSampler(batch_sampler, skip_batches=num_batches)))
     return DataLoaderShard(dataset, **kwargs) if is_shard else DataLoader(dataset, **kwargs)
