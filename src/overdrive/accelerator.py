@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import os
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from . import checkpointing
+from . import checkpoint_state, checkpointing
 from .data_loader import prepare_data_loader, skip_first_batches
 from .logging import get_logger
 from .normalization import ItemWindow
@@ -145,6 +146,7 @@ class Accelerator:
         self.project_configuration = project_config or ProjectConfiguration(project_dir=_opt_str(project_dir))
         if project_dir is not None and project_config is not None:
             self.project_configuration.set_directories(_opt_str(project_dir))
+        checkpoint_state.validate_project_configuration(self.project_configuration)
         self.rng_types = list(rng_types) if rng_types is not None else ["generator"]
         self.device_placement = device_placement
         self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
@@ -167,6 +169,9 @@ class Accelerator:
         self._dataloaders: list[Any] = []
         self.trackers: list[Any] = []
         self._item_window = ItemWindow()
+        self._custom_objects: list[Any] = []  # register_for_checkpointing; hook tables keep Accelerate's names
+        self._save_model_state_pre_hook: collections.OrderedDict[int, Callable[..., None]] = collections.OrderedDict()
+        self._load_model_state_pre_hook: collections.OrderedDict[int, Callable[..., None]] = collections.OrderedDict()
 
     # -- identity and settings (read from the shared state) ---------------------------------------------------
 
@@ -656,6 +661,69 @@ class Accelerator:
         """
         if self.is_main_process:
             checkpointing.save_object(obj, f, safe_serialization)
+
+    # -- checkpoints (see overdrive.checkpoint_state for the folder layout and crash safety) -------------------
+
+    @property
+    def save_iteration(self) -> int:
+        """The number the next automatically named checkpoint gets (``checkpoint_{save_iteration}``)."""
+        return self.project_configuration.iteration
+
+    def save_state(
+        self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
+        **save_model_func_kwargs: Any,
+    ) -> Any:
+        """Save models, optimizers, schedulers, loaders, scaler, RNG states and registered objects to a folder.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator(); _ = acc.prepare(torch.nn.Linear(2, 2))
+            >>> folder = acc.save_state(tempfile.mkdtemp())
+        """
+        return checkpoint_state.save_state(self, output_dir, safe_serialization, **save_model_func_kwargs)
+
+    def load_state(
+        self, input_dir: str | os.PathLike[str] | None = None, load_kwargs: dict[str, Any] | None = None,
+        **load_model_func_kwargs: Any,
+    ) -> None:
+        """Restore a folder written by :meth:`save_state` (or by Accelerate) into the prepared objects.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator(); _ = acc.prepare(torch.nn.Linear(2, 2))
+            >>> acc.load_state(acc.save_state(tempfile.mkdtemp()))
+        """
+        checkpoint_state.load_state(self, input_dir, load_kwargs, **load_model_func_kwargs)
+
+    def register_for_checkpointing(self, *objects: Any) -> None:
+        """Save and restore ``objects`` (each with ``state_dict``/``load_state_dict``) in save_state/load_state.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> Accelerator().register_for_checkpointing(torch.nn.Linear(1, 1))
+        """
+        self._custom_objects.extend(checkpoint_state.check_checkpointable(objects))
+
+    def register_save_state_pre_hook(self, hook: Callable[..., None]) -> Any:
+        """Call ``hook(models, weights, output_dir)`` before save_state writes; returns a handle with ``remove()``.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().register_save_state_pre_hook(lambda models, weights, folder: None).remove()
+        """
+        return checkpoint_state.register_hook(self._save_model_state_pre_hook, hook)
+
+    def register_load_state_pre_hook(self, hook: Callable[..., None]) -> Any:
+        """Call ``hook(models, input_dir)`` before load_state reads; returns a handle with ``remove()``.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().register_load_state_pre_hook(lambda models, folder: None).remove()
+        """
+        return checkpoint_state.register_hook(self._load_model_state_pre_hook, hook)
 
     def free_memory(self, *objects: Any) -> list[Any]:
         """Drop references to prepared objects and collect garbage; returns ``objects`` replaced by ``None``.

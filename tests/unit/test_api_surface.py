@@ -29,7 +29,8 @@ ACCELERATOR_METHODS = [
     "get_state_dict", "save_model", "save", "free_memory", "gather", "gather_for_metrics", "reduce",
     "pad_across_processes", "wait_for_everyone", "main_process_first", "local_main_process_first",
     "on_main_process", "on_local_main_process", "on_process", "on_last_process", "split_between_processes",
-    "print", "skip_first_batches", "join_uneven_inputs", "set_trigger", "check_trigger", "unscale_gradients", "end_training",
+    "print", "skip_first_batches", "join_uneven_inputs", "save_state", "load_state", "register_for_checkpointing",
+    "register_save_state_pre_hook", "register_load_state_pre_hook", "set_trigger", "check_trigger", "unscale_gradients", "end_training",
 ]
 ACCELERATOR_PROPERTIES = [
     "device", "process_index", "local_process_index", "num_processes", "is_main_process", "is_local_main_process",
