@@ -9,6 +9,8 @@ Layout (the same file names as Accelerate 1.x, so either library reads the other
     dl_state_dict.bin, dl_state_dict_1.bin...  position of loaders built with use_stateful_dataloader=True
     scaler.pt                                  fp16 GradScaler state
     random_states_{rank}.pkl                   step, python/numpy/torch (and CUDA) RNG states of each rank
+    overdrive_loaders_{rank}.json              overdrive only: each prepared loader's position on that rank,
+                                               [{"iteration", "batches_done", "seed"}, ...] (see below)
     custom_checkpoint_{i}.pkl                  objects given to register_for_checkpointing
     overdrive_complete.json                    written last: every file of the checkpoint with its size
 
@@ -17,6 +19,14 @@ process renames it to ``{name}`` and then writes the marker. A folder without th
 (which writes none) or one caught between the rename and the marker. Markerless folders load when named
 explicitly; with automatic naming they count as complete when ``random_states_0.pkl`` and the optimizer, scheduler
 and custom-object files this Accelerator needs are all present and non-empty (Accelerate writes those last).
+
+Resuming mid-epoch: ``load_state`` puts every prepared loader back at the start of the saved epoch (``iteration``,
+and the seedable sampler's seed and epoch), so the shuffled order is the uninterrupted run's. The batch position
+is restored in Accelerate's two ways: with ``use_stateful_dataloader=True`` from ``dl_state_dict.bin`` (just keep
+iterating the loader), otherwise by the script's own ``skip_first_batches(dl, n)``. ``batches_done`` records ``n``
+for scripts that want it; a loader already restored from ``dl_state_dict.bin`` takes ``skip_first_batches(dl, n)``
+only with ``n == batches_done`` (it is not skipped twice). Checkpoints without the JSON file (Accelerate's) take the
+epoch from ``sampler.bin``.
 
 Safety: every pickle-based file is read with ``torch.load(weights_only=True)``; only numpy's RNG state types are
 allowed in addition, and only for ``random_states_*.pkl``. A file that needs anything else is refused, not run.
@@ -74,7 +84,8 @@ _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
 # Files this module writes; on a save into an existing folder every other entry is carried over unchanged.
 _STATE_FILE = re.compile(
     r"(model|pytorch_model)(_\d+)?\.(safetensors|bin)|(optimizer|scheduler|sampler|dl_state_dict)(_\d+)?\.bin"
-    r"|scaler\.pt|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl|" + re.escape(COMPLETE_MARKER)
+    r"|scaler\.pt|random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl|overdrive_loaders_\d+\.json|"
+    + re.escape(COMPLETE_MARKER)
 )
 
 
@@ -359,6 +370,20 @@ def _seedable_sampler(loader: Any) -> Any:
     return sampler if sampler is not None and hasattr(sampler, "initial_seed") and hasattr(sampler, "epoch") else None
 
 
+def _loader_positions(acc: Accelerator) -> list[dict[str, Any]]:
+    """This rank's ``{"iteration", "batches_done", "seed"}`` of every prepared loader (``None`` values if unknown)."""
+    positions = []
+    for loader in acc._dataloaders:
+        where = loader._resume_position() if hasattr(loader, "_resume_position") else None
+        sampler = _seedable_sampler(loader)
+        positions.append({
+            "iteration": None if where is None else where[0],
+            "batches_done": None if where is None else where[1],
+            "seed": None if sampler is None else int(sampler.initial_seed),
+        })
+    return positions
+
+
 def _write_shared_files(acc: Accelerator, tmp: Path, weights: list[dict[str, Any]], safe: bool) -> None:
     """Everything but the per-rank RNG file: model, optimizer, scheduler, loader, scaler and custom states."""
     for i, state in enumerate(weights):
@@ -481,6 +506,10 @@ def save_state(
         if writer:
             _write_shared_files(acc, tmp, weights, safe_serialization)
         torch.save(_rng_state(acc.step), tmp / f"random_states_{acc.process_index}.pkl")
+        if acc._dataloaders:  # per rank: a rank's loaders could stand elsewhere (e.g. uneven iterable streams)
+            (tmp / f"overdrive_loaders_{acc.process_index}.json").write_text(
+                json.dumps({"format": 1, "loaders": _loader_positions(acc)})
+            )
     except Exception as err:
         error = err
     try:
@@ -579,6 +608,7 @@ def _read_all(
     if marker is not None:
         _check_marker(folder, marker)
     plan: dict[str, Any] = {"models": [], "optimizers": [], "schedulers": [], "samplers": [], "loaders": []}
+    plan["positions"] = _read_positions(folder, acc.process_index, len(acc._dataloaders))
     for i, model in enumerate(models):
         path = folder / _model_file(i, True)
         if not path.is_file():
@@ -629,6 +659,30 @@ def _read_all(
         _torch_load(folder / f"custom_checkpoint_{i}.pkl", map_location="cpu") for i in range(len(custom))
     ]
     return plan
+
+
+def _read_positions(folder: Path, rank: int, count: int) -> list[dict[str, Any] | None]:
+    """Loader positions of this rank (rank 0's when the checkpoint had fewer ranks); ``None`` for unknown ones."""
+    path = folder / f"overdrive_loaders_{rank}.json"
+    if not path.is_file():
+        path = folder / "overdrive_loaders_0.json"
+    if not path.is_file():
+        return [None] * count  # Accelerate's checkpoint (or one without loaders): sampler.bin gives the epoch
+    try:
+        saved = json.loads(path.read_text())["loaders"]
+        entries = [dict(e) for e in saved]
+        for entry in entries:
+            for key in ("iteration", "batches_done", "seed"):
+                if entry.get(key) is not None and (isinstance(entry[key], bool) or not isinstance(entry[key], int)):
+                    raise TypeError(f"{key}={entry[key]!r} is not an int")
+    except Exception as err:
+        raise CheckpointError(f"{str(path)!r} is corrupt ({type(err).__name__}: {err}); the save did not finish") from err
+    if len(entries) != count:
+        raise CheckpointError(
+            f"{str(path)!r} holds positions of {len(entries)} data loaders but {count} are prepared; prepare the same "
+            "data loaders, in the same order, as when the checkpoint was saved"
+        )
+    return list(entries)
 
 
 def _apply_rng(state: dict[str, Any]) -> None:
@@ -691,10 +745,20 @@ def load_state(
         opt.load_state_dict(state)
     for sched, state in zip(acc._schedulers, plan["schedulers"]):
         sched.load_state_dict(state)
-    for loader, sampler_state, loader_state in zip(acc._dataloaders, plan["samplers"], plan["loaders"]):
+    for loader, sampler_state, position, loader_state in zip(
+        acc._dataloaders, plan["samplers"], plan["positions"], plan["loaders"]
+    ):
+        sampler = _seedable_sampler(loader)
         if sampler_state is not None:
-            sampler = _seedable_sampler(loader)
             sampler.initial_seed, sampler.epoch = sampler_state["initial_seed"], sampler_state["epoch"]
+        if position is not None and sampler is not None and position.get("seed") is not None:
+            sampler.initial_seed = position["seed"]
+        iteration = position.get("iteration") if position is not None else None
+        if iteration is None and sampler_state is not None:
+            iteration = int(sampler_state["epoch"])  # Accelerate's checkpoint: the sampler's epoch is the pass's
+        if iteration is not None and hasattr(loader, "_restore_position"):
+            # Without this the next pass would reshuffle with the fresh loader's epoch 0, not the saved one.
+            loader._restore_position(iteration)
         if loader_state is not None:
             loader.load_state_dict(loader_state)
     if "scaler" in plan:

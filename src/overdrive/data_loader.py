@@ -42,7 +42,10 @@ DataLoader workers (``num_workers > 0``), what overdrive guarantees:
 Resuming mid-epoch: ``use_stateful_dataloader=True`` builds the loader on torchdata's ``StatefulDataLoader``; its
 ``state_dict()`` captures the position and the shuffle state (sampler seed and epoch, or the generator state at
 the start of the pass), so ``load_state_dict`` in a fresh process continues with exactly the remaining batches.
-Without it, :func:`skip_first_batches` skips a known number of batches.
+Without it, :func:`skip_first_batches` skips a known number of batches. Every prepared loader counts the batches
+handed out in the current pass (skipped ones included, also through a loader made by :func:`skip_first_batches`),
+so ``save_state`` records ``(iteration, batches_done)``; a loader whose position ``load_state`` restored refuses to
+be skipped a second time (see :func:`skip_first_batches`).
 
 Example:
     >>> import torch
@@ -517,6 +520,9 @@ class DataLoaderStateMixin:
     def _snapshot_state(self) -> None:
         """Hook: every batch handed out so far is consumed (stateful loaders record their position here)."""
 
+    def _batch_yielded(self, last: bool) -> None:
+        """Hook: a batch is about to be handed out (``last``: it ends the pass); prepared loaders count them."""
+
     def _reads_data(self) -> bool:
         """Whether this process iterates the wrapped loader itself."""
         return True
@@ -547,9 +553,11 @@ class DataLoaderStateMixin:
                 except StopIteration:
                     self.end_of_dataloader = True  # set before the last batch so the training step sees it
                     if index >= skip_batches:
+                        self._batch_yielded(True)
                         yield current
                     return
                 if index >= skip_batches:
+                    self._batch_yielded(False)
                     yield current
                 index += 1
                 current = upcoming
@@ -698,6 +706,8 @@ class _StatefulLoaderMixin:
         if self._pass_start is None or self._position is None:
             return {"_overdrive": self._shuffle_state()}  # nothing consumed yet: start a pass from the beginning
         meta = dict(self._pass_start)
+        # Batches handed out in this pass: lets skip_first_batches tell a repeated skip from a different one.
+        meta["batches_done"] = int(getattr(self, "_pass_batches", 0))
         first_samples = getattr(self, "_first_samples", None)
         if first_samples is not None:
             meta["first_samples"] = first_samples  # a dispatcher pads its last batch with these
@@ -731,6 +741,14 @@ class _StatefulLoaderMixin:
                 generator.set_state(meta["generator"])
             self._restored_first_samples = meta.get("first_samples")
         self._position, self._pass_start = None, None
+        # The next pass resumes here; skip_first_batches must not skip these batches again.
+        restored: int | None = None  # None: unknown (a bare torchdata state), so skip_first_batches cannot check
+        if meta is not None and not position:
+            restored = 0  # a state between passes: the next pass starts at its first batch
+        elif meta is not None and "batches_done" in meta:
+            restored = int(meta["batches_done"])
+        prepared = cast(_PreparedLoader, self)
+        prepared._restored_position, prepared._pass_epoch = restored, None
         super().load_state_dict(position)  # type: ignore[misc]
 
 
@@ -801,6 +819,70 @@ class _PreparedLoader(_SkippingLoader):
         self.iteration = iteration
         self._drop_last = _drop_last
         self._non_blocking = _non_blocking
+        # Progress of the pass in progress, read by save_state: its epoch (None between passes), the batches handed
+        # out (skipped or restored ones included) and whether the last one was. A loader made by skip_first_batches
+        # reports to the loader it was made from (`_resume_origin`), which is the one the Accelerator saves.
+        self._resume_origin: _PreparedLoader | None = None
+        self._resume_offset = 0
+        self._pass_epoch: int | None = None
+        self._pass_batches = 0
+        self._pass_last = False
+        # Position within `iteration` restored by load_state_dict and not yet resumed (None: nothing restored).
+        self._restored_position: int | None = None
+
+    def _progress_owner(self) -> _PreparedLoader:
+        return self._resume_origin if self._resume_origin is not None else self
+
+    def _begin_pass_progress(self) -> None:
+        """Start counting a pass at its absolute position: after the skipped or the restored batches."""
+        restored, self._restored_position = self._restored_position or 0, None
+        owner = self._progress_owner()
+        owner._pass_epoch, owner._pass_batches, owner._pass_last = self.iteration, self._resume_offset + restored, False
+        owner._restored_position = None
+
+    def _start_batches(self, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        """``make()``, but a resumed pass leaves the global torch RNG untouched.
+
+        Creating a ``DataLoader`` iterator draws a base seed from the global RNG; the interrupted pass drew it before
+        the checkpoint saved the RNG state, so drawing again would shift every later random number (dropout...).
+        """
+        if not (self._resume_offset or self._restored_position):
+            return make()
+        state = torch.get_rng_state()
+        try:
+            return make()
+        finally:
+            torch.set_rng_state(state)
+
+    def _batch_yielded(self, last: bool) -> None:
+        owner = self._progress_owner()
+        owner._pass_batches += 1
+        owner._pass_last = last
+
+    def _end_pass_progress(self) -> None:
+        """A pass completed (``iteration`` already advanced): the loader it was made from is in the next epoch too."""
+        owner = self._progress_owner()
+        owner._pass_epoch = None
+        owner.iteration = self.iteration
+
+    def _resume_position(self) -> tuple[int, int]:
+        """``(iteration, batches_done)``: the epoch to resume and how many of its batches were handed out.
+
+        A pass whose last batch was handed out counts as done: resume at batch 0 of the next epoch.
+        """
+        if self._pass_epoch is None:
+            return self.iteration, self._restored_position or 0
+        if self._pass_last:
+            return self._pass_epoch + 1, 0
+        return self._pass_epoch, self._pass_batches
+
+    def _restore_position(self, iteration: int) -> None:
+        """Continue at the start of pass ``iteration`` (load_state; the batch position is the user's skip's)."""
+        self.iteration = iteration
+        self._pass_epoch, self._pass_last = None, False
+        sampler = self.get_sampler()
+        if isinstance(sampler, SeedableRandomSampler):
+            sampler.set_epoch(iteration)
 
     def _carried_settings(self) -> dict[str, Any]:
         """The keywords that give a rebuilt loader (:func:`skip_first_batches`) this loader's own settings."""
@@ -959,8 +1041,11 @@ class DataLoaderShard(_PreparedLoader):
         self._agree_on_randomness()
         self.set_epoch(self.iteration)
         self._pass_started()
-        yield from self._tracked(super().__iter__(), self.skip_batches, self.device, self._non_blocking)
+        batches = self._start_batches(super().__iter__)
+        self._begin_pass_progress()
+        yield from self._tracked(batches, self.skip_batches, self.device, self._non_blocking)
         self.iteration += 1  # only after a complete pass: an abandoned pass does not count as an epoch
+        self._end_pass_progress()
 
     def _agree_on_randomness(self) -> None:
         """Copy rank 0's shuffle state to every rank (a collective; nothing without a multi-process group)."""
@@ -1101,7 +1186,8 @@ class DataLoaderDispatcher(_PreparedLoader):
         from torch.utils.data import IterDataPipe
 
         make_iter = source or isinstance(self.dataset, IterDataPipe)
-        batches = super().__iter__() if make_iter else None
+        batches = self._start_batches(super().__iter__) if make_iter else None
+        self._begin_pass_progress()
         n, rank = self.num_processes, self.process_index
         self.begin()
         try:
@@ -1136,10 +1222,12 @@ class DataLoaderDispatcher(_PreparedLoader):
                     self.end_of_dataloader = True
                     self.remainder = observed  # real samples in the last global batch (as Accelerate reports it)
                 if index >= self.skip_batches:
+                    self._batch_yielded(last)
                     yield mine
                 index += 1
                 current, observed = upcoming, upcoming_size
             self.iteration += 1  # only after a complete pass
+            self._end_pass_progress()
         finally:
             self.end()
 
@@ -1425,7 +1513,12 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
     A :class:`DataLoaderShard` gives a :class:`DataLoaderShard` with the same device, RNG agreement and
     ``iteration``; a :class:`DataLoaderDispatcher` one that skips ``num_batches`` dispatched steps; a plain
     ``DataLoader`` gives a plain ``DataLoader`` over a :class:`SkipBatchSampler`
-    (a :class:`SkipDataLoader` for iterable datasets).
+    (a :class:`SkipDataLoader` for iterable datasets). A prepared loader's progress is reported to ``dataloader``
+    (so ``save_state`` sees it) and finishing the pass moves ``dataloader`` to the next epoch.
+
+    Never skipping twice: if ``load_state`` (``use_stateful_dataloader=True``) already restored ``dataloader`` to
+    batch ``p`` of its epoch, ``num_batches`` is read as that absolute position: equal to ``p`` returns
+    ``dataloader`` itself (it continues from there), anything else raises ``ValueError``.
 
     Example:
         >>> from torch.utils.data import DataLoader
@@ -1434,12 +1527,22 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
     """
     if not isinstance(num_batches, int) or num_batches < 0:
         raise ValueError(f"num_batches={num_batches!r} must be an int >= 0 (the number of batches to skip)")
+    restored = dataloader._restored_position if isinstance(dataloader, _PreparedLoader) else None
+    if isinstance(dataloader, _PreparedLoader) and restored is not None:
+        if num_batches != restored:
+            raise ValueError(
+                f"skip_first_batches(num_batches={num_batches}): load_state already restored this loader to batch "
+                f"{restored} of epoch {dataloader.iteration} (use_stateful_dataloader=True), so skipping again would "
+                f"lose or repeat batches; pass num_batches={restored}, or iterate the loader without "
+                "skip_first_batches"
+            )
+        return dataloader  # already positioned: it continues from the restored batch
     dataset = dataloader.dataset
     kwargs = _loader_kwargs(dataloader)
     batch_sampler = _batch_sampler_of(dataloader)
     if isinstance(dataloader, DataLoaderDispatcher):
         # Skip whole dispatched steps (each is num_processes loader batches): every rank still takes part.
-        return DataLoaderDispatcher(
+        return _resuming(dataloader, num_batches, DataLoaderDispatcher(
             dataset,
             split_batches=dataloader.split_batches,
             skip_batches=num_batches,
@@ -1450,7 +1553,7 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
             **dataloader._carried_settings(),
             **_batching(dataloader, batch_sampler),
             **kwargs,
-        )
+        ))
     is_shard = isinstance(dataloader, DataLoaderShard)
     if isinstance(dataloader, DataLoaderShard):  # not `if is_shard`: mypy narrows only on the isinstance itself
         kwargs.update(
@@ -1462,6 +1565,17 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
     if isinstance(dataset, IterableDataset) or batch_sampler is None:
         # No batch sampler to skip in: skip while iterating instead.
         kwargs.update(_batching(dataloader, batch_sampler), skip_batches=num_batches)
-        return DataLoaderShard(dataset, **kwargs) if is_shard else SkipDataLoader(dataset, **kwargs)
+        if is_shard:
+            return _resuming(dataloader, num_batches, DataLoaderShard(dataset, **kwargs))
+        return SkipDataLoader(dataset, **kwargs)
     kwargs.update(_batching(dataloader, SkipBatchSampler(batch_sampler, skip_batches=num_batches)))
-    return DataLoaderShard(dataset, **kwargs) if is_shard else DataLoader(dataset, **kwargs)
+    if is_shard:
+        return _resuming(dataloader, num_batches, DataLoaderShard(dataset, **kwargs))
+    return DataLoader(dataset, **kwargs)
+
+
+def _resuming(origin: DataLoader, num_batches: int, loader: _PreparedLoader) -> _PreparedLoader:
+    """Link a loader made by :func:`skip_first_batches` to ``origin``: it reports its progress there."""
+    loader._resume_origin = cast(_PreparedLoader, origin)._progress_owner()
+    loader._resume_offset = num_batches
+    return loader
