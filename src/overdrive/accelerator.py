@@ -697,6 +697,19 @@ class Accelerator:
         """
         checkpoint_state.load_state(self, input_dir, load_kwargs, **load_model_func_kwargs)
 
+    def maybe_resume(self, dataloader: Any = None) -> checkpoint_state.ResumePoint:
+        """Load the newest complete automatically named checkpoint, if any (e.g. after a restart); returns a
+        ``ResumePoint(checkpoint, epoch, batches)`` for the loop (see :func:`checkpoint_state.maybe_resume`).
+
+        Example:
+            >>> import tempfile, torch
+            >>> from overdrive import Accelerator, ProjectConfiguration
+            >>> config = ProjectConfiguration(tempfile.mkdtemp(), automatic_checkpoint_naming=True)
+            >>> Accelerator(project_config=config).maybe_resume().checkpoint is None
+            True
+        """
+        return checkpoint_state.maybe_resume(self, dataloader)
+
     def register_for_checkpointing(self, *objects: Any) -> None:
         """Save and restore ``objects`` (each with ``state_dict``/``load_state_dict``) in save_state/load_state.
 

@@ -53,7 +53,7 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -68,9 +68,11 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPLETE_MARKER",
     "CheckpointError",
+    "ResumePoint",
     "check_checkpointable",
     "is_complete_checkpoint",
     "load_state",
+    "maybe_resume",
     "register_hook",
     "save_state",
     "validate_project_configuration",
@@ -770,3 +772,76 @@ def load_state(
     for obj, state in zip(acc._custom_objects, plan["custom"]):
         obj.load_state_dict(state)
     logger.info(f"Loaded state from {folder}")
+
+
+# -- automatic recovery -----------------------------------------------------------------------------------------------
+
+
+class ResumePoint(NamedTuple):
+    """Where a run continues: the checkpoint loaded (``None``: fresh start), and the loader's epoch and batch.
+
+    Example:
+        >>> ResumePoint(None, 0, 0).checkpoint is None
+        True
+    """
+
+    checkpoint: Path | None
+    epoch: int
+    batches: int
+
+
+def maybe_resume(acc: Accelerator, dataloader: Any = None) -> ResumePoint:
+    """Load the newest complete ``checkpoint_N`` if there is one; say where ``dataloader`` (default: the first
+    prepared loader) continues. Needs ``ProjectConfiguration(automatic_checkpoint_naming=True)``.
+
+    After a load, the next ``save_state`` gets the number after every existing ``checkpoint_N`` (complete or not).
+    Resume the loop with ``skip_first_batches(dl, point.batches)`` in epoch ``point.epoch``: a plain loader skips
+    those batches, a stateful one (already positioned by the load) is returned unchanged.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from overdrive import Accelerator, ProjectConfiguration
+        >>> acc = Accelerator(project_config=ProjectConfiguration(tempfile.mkdtemp(), automatic_checkpoint_naming=True))
+        >>> _ = acc.prepare(torch.nn.Linear(1, 1))
+        >>> maybe_resume(acc)
+        ResumePoint(checkpoint=None, epoch=0, batches=0)
+    """
+    config = acc.project_configuration
+    if not config.automatic_checkpoint_naming:
+        raise ValueError(
+            "maybe_resume() looks for {project_dir}/checkpoints/checkpoint_N folders; create the Accelerator with "
+            "ProjectConfiguration(project_dir=..., automatic_checkpoint_naming=True) and save with save_state()"
+        )
+    validate_project_configuration(config)
+    if dataloader is None:
+        index = 0 if acc._dataloaders else None
+    else:
+        index = next((i for i, dl in enumerate(acc._dataloaders) if dl is dataloader), None)
+        if index is None:
+            raise ValueError(
+                f"maybe_resume(dataloader={type(dataloader).__name__}): that loader was not returned by this "
+                "Accelerator's prepare(); pass the prepared loader (or None for the first prepared one)"
+            )
+    found: list[Any] = [None, config.iteration]
+    if acc.is_main_process:  # one rank decides, so that every rank loads the same folder and numbers alike
+        numbered = _numbered_checkpoints(_checkpoints_root(acc))
+        required = _markerless_required(acc)
+        complete = [p for _, p in numbered if is_complete_checkpoint(p, required)]
+        found = [str(complete[-1]) if complete else None, max([config.iteration] + [n + 1 for n, _ in numbered])]
+    ops.broadcast_object_list(found)
+    if found[0] is None:
+        loader = acc._dataloaders[index] if index is not None else None
+        return ResumePoint(None, int(getattr(loader, "iteration", 0)), 0)
+    folder = Path(found[0])
+    load_state(acc, folder)
+    config.iteration = int(found[1])  # save_state refuses to overwrite an existing checkpoint_N
+    if index is None:
+        return ResumePoint(folder, 0, 0)
+    loader = acc._dataloaders[index]
+    position = _read_positions(folder, acc.process_index, len(acc._dataloaders))[index]
+    batches = position.get("batches_done") if position is not None else None
+    if batches is None:  # Accelerate's checkpoint: only a stateful loader knows its batch
+        batches = getattr(loader, "_restored_position", None)
+    if batches is None:
+        logger.warning(f"maybe_resume: {folder} does not record the batch position; resuming at the epoch's start")
+    return ResumePoint(folder, int(getattr(loader, "iteration", 0)), int(batches or 0))
