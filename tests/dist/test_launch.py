@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,9 +20,9 @@ PROBE = str(WORKERS / "launch_probe.py")
 
 
 def ok_lines(output: str) -> dict[int, str]:
-    """The probe's `OK rank=<r> ...` lines by rank."""
-    lines = [line for line in output.splitlines() if line.startswith("OK rank=")]
-    return {int(line.split()[1].split("=")[1]): line for line in lines}
+    """The probe's `OK rank=<r> ...` records by rank (found anywhere in a line: ranks share one stdout)."""
+    records = re.findall(r"OK rank=\d+ [^\n]*?argv=\[[^\]\n]*\]", output)
+    return {int(rec.split()[1].split("=")[1]): rec for rec in records}
 
 
 def test_two_processes_form_a_gloo_group_and_receive_settings() -> None:

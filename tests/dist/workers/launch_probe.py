@@ -19,6 +19,12 @@ import sys
 from datetime import timedelta
 
 
+def say(line: str) -> None:
+    """One write per line: ranks share the launcher's stdout, and print()'s separate newline write can interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--world", type=int, required=True)
@@ -34,7 +40,7 @@ def main() -> int:
     rank = int(os.environ.get("RANK", "0"))
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if rank == args.fail_rank and attempt < args.fail_attempts:
-        print(f"FAIL rank={rank} attempt={attempt} exit={args.exit_code}", flush=True)
+        say(f"FAIL rank={rank} attempt={attempt} exit={args.exit_code}")
         return args.exit_code
 
     import torch
@@ -66,7 +72,7 @@ def main() -> int:
         assert not dist.is_initialized() and "TORCHELASTIC_RUN_ID" not in os.environ, rank
 
     node = os.environ.get("GROUP_RANK", "0")
-    print(f"OK rank={rank} world={args.world} node={node} attempt={attempt} argv={json.dumps(received)}", flush=True)
+    say(f"OK rank={rank} world={args.world} node={node} attempt={attempt} argv={json.dumps(received)}")
     if args.world > 1:
         dist.barrier()
         state.destroy_process_group()  # avoids gloo's exit abort (FACTS.md)
