@@ -176,6 +176,8 @@ def make_precision(
     """
     if mixed_precision == "no":
         return Precision(device, autocast_kwargs)
+    if mixed_precision in ("fp16", "bf16"):
+        _check_device_supports(mixed_precision, device)
     if mixed_precision == "bf16":
         return AutocastPrecision(device, autocast_kwargs)
     if mixed_precision == "fp16":
@@ -188,3 +190,18 @@ def make_precision(
         f"mixed_precision={mixed_precision!r} is not one of {', '.join(repr(c) for c in MIXED_PRECISION_CHOICES)}"
     )
 
+
+def _check_device_supports(mixed_precision: str, device: torch.device) -> None:
+    """Refuse, before training starts, a precision the device cannot run (instead of a failure inside forward)."""
+    from torch.amp.autocast_mode import is_autocast_available
+
+    if not is_autocast_available(device.type):
+        raise ValueError(
+            f"mixed_precision={mixed_precision!r} needs autocast, which device {str(device)!r} does not support; "
+            "use mixed_precision='no' on this device, or run on CPU/GPU"
+        )
+    if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            f"mixed_precision='bf16' needs a GPU with bfloat16 support, and {torch.cuda.get_device_name(device)} lacks "
+            "it; use mixed_precision='fp16' (loss scaling) or 'no'"
+        )

@@ -8,6 +8,11 @@ one small fixed-size integer tensor describing every tensor in the structure (dt
 raises :class:`DistributedOperationException` on *every* rank at the same time, naming each rank's shape, instead of
 hanging or returning garbage. That costs one extra 64-integer all-gather per call, whatever the number of tensors.
 
+In debug mode (``OVERDRIVE_DEBUG=1``) every collective here first agrees with the other ranks on the operation, the
+shapes and the caller's file:line through the process group's store (see :mod:`overdrive.debug`), so a skipped or
+mismatched collective fails within seconds on every rank, naming each rank's call site; the hang watchdog sees each
+collective enter and leave. With neither, a collective pays one module attribute check.
+
 Example:
     >>> import torch
     >>> send_to_device({"x": torch.ones(2)}, "cpu")["x"].device.type
@@ -25,6 +30,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .. import debug as _debug
 
 __all__ = [
     "CannotPadNestedTensorWarning",
@@ -619,6 +626,12 @@ def gather(tensor: Any) -> Any:
     world = _world_size()
     if world == 1:
         return tensor
+    if _debug.TRACKING:
+        return _debug.tracked("gather", tensor, "", _gather, tensor, world)
+    return _gather(tensor, world)
+
+
+def _gather(tensor: Any, world: int) -> Any:
     leaves, layouts = _exchange_layouts(tensor, "gather")
     gathered: list[torch.Tensor] = []
     for i, t in enumerate(leaves):
@@ -668,6 +681,12 @@ def gather_object(object: Any) -> Any:
     world = _world_size()
     if world == 1:
         return object
+    if _debug.TRACKING:
+        return _debug.tracked("gather_object", object, "", _gather_object, object, world)
+    return _gather_object(object, world)
+
+
+def _gather_object(object: Any, world: int) -> list[Any]:
     outputs: list[Any] = [None] * world
     dist.all_gather_object(outputs, object)
     flat: list[Any] = []
@@ -712,7 +731,13 @@ def reduce(tensor: Any, reduction: str = "mean", scale: float = 1.0) -> Any:
         return out
 
     _reduce_one.__name__ = "reduce"
-    return recursively_apply(_reduce_one, tensor, error_on_other_type=True)
+    if world > 1 and _debug.TRACKING:
+        return _debug.tracked("reduce", tensor, f"reduction={reduction!r}", _apply_strict, _reduce_one, tensor)
+    return _apply_strict(_reduce_one, tensor)
+
+
+def _apply_strict(func: Callable[[torch.Tensor], torch.Tensor], data: Any) -> Any:
+    return recursively_apply(func, data, error_on_other_type=True)
 
 
 def _check_source(from_process: int, world: int, op: str) -> None:
@@ -738,6 +763,12 @@ def broadcast(tensor: Any, from_process: int = 0) -> Any:
     if world == 1:
         return tensor
     _check_source(from_process, world, "broadcast")
+    if _debug.TRACKING:
+        return _debug.tracked("broadcast", tensor, f"from_process={from_process}", _broadcast, tensor, from_process)
+    return _broadcast(tensor, from_process)
+
+
+def _broadcast(tensor: Any, from_process: int) -> Any:
     leaves, layouts = _exchange_layouts(tensor, "broadcast")
     for i in range(len(leaves)):
         if any(lay[i] != layouts[from_process][i] for lay in layouts):
@@ -776,7 +807,11 @@ def broadcast_object_list(object_list: list[Any], from_process: int = 0) -> list
             f"broadcast_object_list needs a list (its items are replaced in place); got a "
             f"{type(object_list).__name__}. Wrap it: broadcast_object_list([obj])[0]"
         )
-    dist.broadcast_object_list(object_list, src=from_process)
+    if _debug.TRACKING:
+        _debug.tracked("broadcast_object_list", object_list, f"from_process={from_process}",
+                       dist.broadcast_object_list, object_list, from_process)
+    else:
+        dist.broadcast_object_list(object_list, src=from_process)
     return object_list
 
 
@@ -792,6 +827,12 @@ def pad_across_processes(tensor: Any, dim: int = 0, pad_index: Any = 0, pad_firs
     """
     if _world_size() == 1:
         return _rebuild(tensor, _leaves(tensor, "pad_across_processes"))  # same tensors, containers rebuilt
+    if _debug.TRACKING:
+        return _debug.tracked("pad_across_processes", tensor, f"dim={dim}", _pad, tensor, dim, pad_index, pad_first)
+    return _pad(tensor, dim, pad_index, pad_first)
+
+
+def _pad(tensor: Any, dim: int, pad_index: Any, pad_first: bool) -> Any:
     try:
         leaves, problem = _leaves(tensor, "pad_across_processes"), None
     except TypeError as err:
@@ -813,7 +854,7 @@ def pad_across_processes(tensor: Any, dim: int = 0, pad_index: Any = 0, pad_firs
             warnings.warn(
                 "pad_across_processes cannot pad a nested tensor (its sizes vary per row); it is left unchanged",
                 CannotPadNestedTensorWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         if axis is None:
             out.append(t)
