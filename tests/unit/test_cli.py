@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +21,18 @@ from overdrive.commands.launch import (
     parse_launch_args,
     resolve_launch_args,
 )
-from overdrive.settings import SETTINGS
+from overdrive.settings import SETTINGS, SOURCES_VAR
 
 S = __file__  # any script that exists
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No default config file, scheduler or settings variables of the machine running the tests leak in."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in list(os.environ):
+        if var.startswith(("SLURM_", "OVERDRIVE_", "ACCELERATE_", "FSDP_")):
+            monkeypatch.delenv(var)
 
 ARGV_CASES = [
     # (launch args, expected torchrun argv)
@@ -28,18 +41,18 @@ ARGV_CASES = [
     (
         ["--num_processes", "8", "--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.1.2.3", S],
         ["--nproc-per-node", "4", "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.1.2.3",
-         "--master-port", "29500", "--max-restarts", "0", S],
+         "--master-port", "29500", "--rdzv-conf", "timeout=60", "--max-restarts", "0", S],
     ),
     (
         ["--num-machines", "2", "--machine-rank", "0", "--main-process-ip", "h0", "--main-process-port", "6000",
          "--num_processes", "2", S],
         ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "0", "--master-addr", "h0", "--master-port", "6000",
-         "--max-restarts", "0", S],
+         "--rdzv-conf", "timeout=60", "--max-restarts", "0", S],
     ),
     (  # without --num_processes: one per machine
         ["--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "h0", S],
         ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1", "--master-addr", "h0", "--master-port", "29500",
-         "--max-restarts", "0", S],
+         "--rdzv-conf", "timeout=60", "--max-restarts", "0", S],
     ),
     (
         ["--num_processes", "2", "--main_process_port", "6001", S],
@@ -72,6 +85,18 @@ ARGV_CASES = [
      ["--nproc-per-node", "2", "--standalone", "--max-restarts", "0", S, "--", "-x"]),
     (["--num_processes", "2", "-m", "pkg", "--"],
      ["--nproc-per-node", "2", "--standalone", "--max-restarts", "0", "--module", "pkg", "--"]),
+    # c10d: torchrun's elastic rendezvous at the main address, a short join timeout unless --rdzv_conf sets one.
+    (["--num_processes", "4", "--num_machines", "2", "--main_process_ip", "h0", "--main_process_port", "7000",
+      "--rdzv_backend", "c10d", S],
+     ["--nproc-per-node", "2", "--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+      "h0:7000", "--rdzv-id", "overdrive-7000", "--rdzv-conf", "join_timeout=60", "--max-restarts", "0", S]),
+    (["--num_machines", "2", "--main_process_ip", "h0", "--rdzv_conf", "timeout=5,read_timeout=9", S],
+     ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "0", "--master-addr", "h0", "--master-port", "29500",
+      "--rdzv-conf", "timeout=5,read_timeout=9", "--max-restarts", "0", S]),
+    # torchrun's own options pass through, with their values (which must not be taken for the script).
+    (["--num_processes", "2", "--log-dir", "/tmp/logs", "--tee=3", "-r", "1", S, "--x"],
+     ["--nproc-per-node", "2", "--standalone", "--max-restarts", "0", "--log-dir", "/tmp/logs", "--tee=3", "-r", "1",
+      S, "--x"]),
 ]
 
 
@@ -96,15 +121,22 @@ ENV_CASES = [
 
 @pytest.mark.parametrize(("launch_args", "expected"), ENV_CASES)
 def test_worker_env(launch_args: list[str], expected: dict[str, str]) -> None:
-    assert build_env(parse_launch_args(launch_args)) == expected
+    env = build_env(parse_launch_args(launch_args))
+    record = json.loads(env.pop(SOURCES_VAR, "{}"))
+    assert env == expected
+    # The record names, for each exported setting, the flag it came from and the text exported.
+    assert {name: source for name, (source, _) in record.items()} == {
+        s.name: f"flag {s.flag}" for s in SETTINGS.values() if s.env and s.env[0] in expected}
 
 
-def test_every_setting_flag_is_a_launch_option_exported_under_its_overdrive_name() -> None:
+def test_every_setting_flag_is_a_launch_option_and_training_ones_export_overdrive_names() -> None:
     parser = launch_command_parser()
     options = {s for action in parser._actions for s in action.option_strings}
     for setting in SETTINGS.values():
         if setting.flag:
-            assert setting.flag in options and setting.env[0].startswith("OVERDRIVE_")
+            assert setting.flag in options, setting.name
+        if setting.group == "training":
+            assert setting.env[0].startswith("OVERDRIVE_"), setting.name
 
 
 def test_single_process_runs_the_target_directly() -> None:
@@ -156,17 +188,24 @@ def test_unknown_flag_exits_2_with_the_closest_valid_one(
         (["launch", "--num_processes", "0", S], "--num_processes=0 must be at least 1"),
         (["launch", "--num_machines", "0", S], "--num_machines=0 must be at least 1"),
         (["launch", "--num_machines", "2", "--machine_rank", "2", "--main_process_ip", "h", "--num_processes", "2", S],
-         "--machine_rank=2 must be in 0..1"),
-        (["launch", "--machine_rank", "-1", S], "--machine_rank=-1 must be in 0..0"),
+         f"--machine_rank=2 (host {socket.gethostname()}) must be in 0..1"),
+        (["launch", "--machine_rank", "-1", S], "must be in 0..0"),
         (["launch", "--num_machines", "2", "--main_process_ip", "h", "--num_processes", "3", S],
          "must be a multiple of --num_machines=2"),
         (["launch", "--num_machines", "2", "--num_processes", "2", S], "needs --main_process_ip"),
         (["launch", "--mixed_precision", "fp17", S], "'fp17' (from --mixed_precision) is not one of 'no', 'fp16'"),
         (["launch", "--gradient_accumulation_steps", "0", S], "--gradient_accumulation_steps '0' is invalid"),
         (["launch", "--max_restarts", "-1", S], "--max_restarts=-1 must be 0 or more"),
-        (["launch", "--main_process_port", "70000", S], "--main_process_port=70000 is not a TCP port"),
+        (["launch", "--main_process_port", "70000", S], "--main_process_port '70000' is invalid: 70000 is not a TCP port"),
         (["launch", "-m", "--no_python", "pkg"], "--module and --no_python exclude each other"),
-        (["launch", "--num_processes", "two", S], "invalid int value: 'two'"),
+        (["launch", "--num_processes", "two", S], "--num_processes 'two' is invalid"),
+        (["launch", "--nproc_per_node", "2", S], "torchrun's --nproc_per_node is derived by overdrive launch; pass "
+         "--num_processes"),
+        (["launch", "--fsdp_offload_params", "true", S], "--fsdp_offload_params only applies with --use_fsdp"),
+        (["launch", "--zero_stage", "2", S], "--zero_stage only applies with --use_deepspeed"),
+        (["launch", "--use_fsdp", "--use_deepspeed", S], "exclude each other"),
+        (["launch", "--config_file", "/no/such.yaml", S], "--config_file '/no/such.yaml' does not exist"),
+        (["launch", "--rdzv_backend", "zk", S], "rdzv_backend='zk' (from --rdzv_backend) is not one of 'static', 'c10d'"),
     ],
 )
 def test_bad_values_exit_2_naming_the_value(argv: list[str], wanted: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,8 @@
 """The ``overdrive`` console entry point: ``overdrive <command> [options]``.
 
-Commands: ``launch`` (see :mod:`overdrive.commands.launch`). This module and the command modules import only the
-standard library and :mod:`overdrive.settings` at module level, so ``overdrive --help`` never imports torch.
+Commands: ``launch``, ``config``, ``env``, ``test``, ``merge-weights`` and ``estimate-memory`` (one module each in :mod:`overdrive.commands`). This module
+and the command modules import only the standard library and :mod:`overdrive.settings` at module level, so
+``overdrive --help`` and ``overdrive config`` never import torch.
 
 Example:
     >>> main(["launch", "--no_python", "true"])
@@ -14,12 +15,24 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from .config import config_command_parser, config_main
+from .env import env_command_parser, env_main
+from .estimate import estimate_command_parser, estimate_main
 from .launch import launch_command_parser, launch_main
+from .merge import merge_command_parser, merge_main
+from .test import test_command_parser, test_main
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # Each command runs from its own arguments exactly as typed (a script's "--" must survive), so dispatch is by name.
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"launch": launch_main}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "launch": launch_main,
+    "config": config_main,
+    "env": env_main,
+    "test": test_main,
+    "merge-weights": merge_main,
+    "estimate-memory": estimate_main,
+}
 
 
 def _version() -> str:
@@ -46,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"overdrive {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     launch_command_parser(commands)
+    config_command_parser(commands)
+    env_command_parser(commands)
+    test_command_parser(commands)
+    merge_command_parser(commands)
+    estimate_command_parser(commands)
     return parser
 
 
