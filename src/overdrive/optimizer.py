@@ -19,7 +19,7 @@ import torch
 from .precision import Precision
 from .state import GradientState
 
-__all__ = ["AcceleratedOptimizer"]
+__all__ = ["AcceleratedOptimizer", "DeepSpeedOptimizerWrapper"]
 
 
 class AcceleratedOptimizer(torch.optim.Optimizer):
@@ -118,3 +118,35 @@ class AcceleratedOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"AcceleratedOptimizer({self.optimizer!r})"
+
+
+class DeepSpeedOptimizerWrapper(AcceleratedOptimizer):
+    """The optimizer ``prepare`` returns under DeepSpeed: ``step``/``zero_grad`` do nothing, because
+    ``accelerator.backward`` already ran the engine's step (which steps and zeroes at the end of each accumulation
+    window). State, param groups and ``state_dict`` are the DeepSpeed optimizer's.
+
+    Example:
+        >>> import torch
+        >>> opt = DeepSpeedOptimizerWrapper(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1))
+        >>> opt.step(); opt.zero_grad(); opt.step_was_skipped
+        False
+    """
+
+    def __init__(self, optimizer: Any) -> None:  # noqa: D107
+        super().__init__(optimizer, device_placement=False, precision=Precision())
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass  # the engine zeroes gradients in its step
+
+    def step(self, closure: Callable[[], Any] | None = None) -> None:  # type: ignore[override]
+        pass  # the engine stepped inside accelerator.backward
+
+    @property
+    def step_was_skipped(self) -> bool:
+        """True when the engine's last step was skipped for inf/nan gradients (fp16 loss scaling)."""
+        return bool(getattr(self.optimizer, "overflow", False))
+
+    @property
+    def is_overflow(self) -> bool:
+        """Alias of :attr:`step_was_skipped`."""
+        return self.step_was_skipped

@@ -14,7 +14,7 @@ from typing import Any
 
 from .state import GradientState, PartialState
 
-__all__ = ["AcceleratedScheduler"]
+__all__ = ["AcceleratedScheduler", "DeepSpeedSchedulerWrapper"]
 
 
 class AcceleratedScheduler:
@@ -79,3 +79,20 @@ class AcceleratedScheduler:
         if name == "scheduler":
             raise AttributeError(name)
         return getattr(self.scheduler, name)
+
+
+class DeepSpeedSchedulerWrapper(AcceleratedScheduler):
+    """The scheduler ``prepare`` returns for a scheduler DeepSpeed owns (one from the DeepSpeed config, a
+    ``DummyScheduler`` callable or a ``deepspeed.runtime.lr_schedules`` object): ``step`` does nothing because the
+    engine steps it in its own step.
+
+    Example:
+        >>> import torch
+        >>> opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+        >>> sched = DeepSpeedSchedulerWrapper(torch.optim.lr_scheduler.StepLR(opt, 1), [opt])
+        >>> sched.step(); sched.get_last_lr()
+        [1.0]
+    """
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        pass  # the engine stepped it inside accelerator.backward

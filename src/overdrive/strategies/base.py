@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -99,6 +100,31 @@ class Strategy(abc.ABC):
     def clip_grad_value_(self, parameters: Iterable[torch.nn.Parameter] | torch.Tensor, clip_value: float) -> None:
         """Clip every gradient element to ``[-clip_value, clip_value]``."""
         torch.nn.utils.clip_grad_value_(parameters, clip_value)
+
+    #: True when the strategy writes and reads the model and optimizer files of ``save_state`` itself (sharded
+    #: engines: FSDP2's ``torch.distributed.checkpoint`` folders, DeepSpeed's engine checkpoints). The other files of
+    #: the checkpoint (scheduler, RNG, loaders, custom objects, the marker) stay with :mod:`overdrive.checkpoint_state`.
+    owns_checkpoint_files = False
+
+    def save_checkpoint_files(
+        self, models: Sequence[torch.nn.Module], optimizers: Sequence[torch.optim.Optimizer],
+        folder: str | os.PathLike[str], safe_serialization: bool = True, **kwargs: Any,
+    ) -> None:
+        """Write the prepared ``models`` and the torch ``optimizers`` into ``folder`` (a collective: every rank calls).
+
+        Only strategies with :attr:`owns_checkpoint_files` implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} leaves model and optimizer files to save_state")
+
+    def check_checkpoint_files(self, folder: str | os.PathLike[str], num_models: int, num_optimizers: int) -> None:
+        """Raise ``CheckpointError`` if ``folder`` lacks a file :meth:`load_checkpoint_files` needs (nothing changes)."""
+
+    def load_checkpoint_files(
+        self, models: Sequence[torch.nn.Module], optimizers: Sequence[torch.optim.Optimizer],
+        folder: str | os.PathLike[str], strict: bool = True, **kwargs: Any,
+    ) -> None:
+        """Restore what :meth:`save_checkpoint_files` wrote, at this run's world size (every rank calls)."""
+        raise NotImplementedError(f"{type(self).__name__} leaves model and optimizer files to load_state")
 
     def model_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The full (unsharded) state dict of the user's module."""
