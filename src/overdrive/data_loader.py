@@ -829,6 +829,11 @@ class _PreparedLoader(_SkippingLoader):
         self._pass_last = False
         # Position within `iteration` restored by load_state_dict and not yet resumed (None: nothing restored).
         self._restored_position: int | None = None
+        # Set by load_state when the checkpoint came from another world size or global batch (_remap_position):
+        # batches the next pass skips by itself (stateful loaders), or the only skip_first_batches count that
+        # continues the saved stream (plain loaders, whose position is the script's own skip).
+        self._pending_skip = 0
+        self._expected_skip: int | None = None
 
     def _progress_owner(self) -> _PreparedLoader:
         return self._resume_origin if self._resume_origin is not None else self
@@ -838,7 +843,12 @@ class _PreparedLoader(_SkippingLoader):
         restored, self._restored_position = self._restored_position or 0, None
         owner = self._progress_owner()
         owner._pass_epoch, owner._pass_batches, owner._pass_last = self.iteration, self._resume_offset + restored, False
-        owner._restored_position = None
+        owner._restored_position, owner._expected_skip = None, None
+
+    def _take_pending_skip(self) -> int:
+        """Batches the pass about to start skips on top of ``skip_batches`` (once, after a remapped resume)."""
+        pending, self._pending_skip = self._pending_skip, 0
+        return pending
 
     def _start_batches(self, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
         """``make()``, but a resumed pass leaves the global torch RNG untouched.
@@ -883,6 +893,20 @@ class _PreparedLoader(_SkippingLoader):
         sampler = self.get_sampler()
         if isinstance(sampler, SeedableRandomSampler):
             sampler.set_epoch(iteration)
+
+    def _remap_position(self, iteration: int, batches: int, self_positioned: bool) -> None:
+        """Continue pass ``iteration`` after ``batches`` batches of *this* loader's size (load_state, after the
+        saved position was converted from another world size or global batch).
+
+        ``self_positioned`` (stateful loaders): the next pass skips those batches itself, and
+        ``skip_first_batches(dl, batches)`` returns the loader unchanged. Otherwise the script's own skip positions
+        the loader, as for a plain loader, and any other count than ``batches`` is refused.
+        """
+        self._restore_position(iteration)
+        if self_positioned:
+            self._restored_position, self._pending_skip = batches, batches
+        else:
+            self._expected_skip = batches if batches else None
 
     def _carried_settings(self) -> dict[str, Any]:
         """The keywords that give a rebuilt loader (:func:`skip_first_batches`) this loader's own settings."""
@@ -1042,8 +1066,9 @@ class DataLoaderShard(_PreparedLoader):
         self.set_epoch(self.iteration)
         self._pass_started()
         batches = self._start_batches(super().__iter__)
+        skip = self.skip_batches + self._take_pending_skip()
         self._begin_pass_progress()
-        yield from self._tracked(batches, self.skip_batches, self.device, self._non_blocking)
+        yield from self._tracked(batches, skip, self.device, self._non_blocking)
         self.iteration += 1  # only after a complete pass: an abandoned pass does not count as an epoch
         self._end_pass_progress()
 
@@ -1187,6 +1212,7 @@ class DataLoaderDispatcher(_PreparedLoader):
 
         make_iter = source or isinstance(self.dataset, IterDataPipe)
         batches = self._start_batches(super().__iter__) if make_iter else None
+        skip = self.skip_batches + self._take_pending_skip()
         self._begin_pass_progress()
         n, rank = self.num_processes, self.process_index
         self.begin()
@@ -1221,7 +1247,7 @@ class DataLoaderDispatcher(_PreparedLoader):
                 if last:
                     self.end_of_dataloader = True
                     self.remainder = observed  # real samples in the last global batch (as Accelerate reports it)
-                if index >= self.skip_batches:
+                if index >= skip:
                     self._batch_yielded(last)
                     yield mine
                 index += 1
@@ -1519,6 +1545,8 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
     Never skipping twice: if ``load_state`` (``use_stateful_dataloader=True``) already restored ``dataloader`` to
     batch ``p`` of its epoch, ``num_batches`` is read as that absolute position: equal to ``p`` returns
     ``dataloader`` itself (it continues from there), anything else raises ``ValueError``.
+    After a resume at another world size or global batch, a plain loader accepts only the converted count
+    (``accelerator.maybe_resume().batches``); any other raises ``ValueError`` naming it.
 
     Example:
         >>> from torch.utils.data import DataLoader
@@ -1537,6 +1565,14 @@ def skip_first_batches(dataloader: DataLoader, num_batches: int = 0) -> DataLoad
                 "skip_first_batches"
             )
         return dataloader  # already positioned: it continues from the restored batch
+    expected = dataloader._expected_skip if isinstance(dataloader, _PreparedLoader) else None
+    if expected is not None and num_batches != expected:
+        raise ValueError(
+            f"skip_first_batches(num_batches={num_batches}): load_state converted the checkpoint's position to "
+            f"{expected} batches of {getattr(dataloader, 'total_batch_size', None)} samples at this world size "
+            f"(epoch {getattr(dataloader, 'iteration', 0)}); skipping {num_batches} would lose or repeat samples. Pass "
+            f"num_batches={expected} (e.g. from accelerator.maybe_resume(), or samples done // total_batch_size)"
+        )
     dataset = dataloader.dataset
     kwargs = _loader_kwargs(dataloader)
     batch_sampler = _batch_sampler_of(dataloader)

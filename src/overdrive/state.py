@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from . import debug as _debug
 from .settings import resolve_value
 from .utils.dataclasses import DistributedType, GradientAccumulationPlugin
 
@@ -87,7 +88,13 @@ def _teardown() -> None:
 
     Dropping the reducers of the wrappers overdrive created (nothing can use them after exit begins) drops their
     references to the process group, so destroying it also stops gloo's worker threads before finalisation.
+    A checkpoint still being written in the background is committed first (atexit runs handlers last-in first-out,
+    so the order would otherwise depend on which was registered first).
     """
+    _debug.stop()  # first: the watchdog must not mistake the exit's waits for a hang
+    saves = sys.modules.get("overdrive.checkpoint_state")  # not imported: no async save can be pending
+    if saves is not None:
+        saves._finish_pending_at_exit()  # file-based and bounded: it never needs the group or a live peer
     _handover_gil()
     for module in list(_LIVE_WRAPPERS):
         with contextlib.suppress(AttributeError):
@@ -137,9 +144,12 @@ class PartialState:
         self.distributed_type = DistributedType.NO
         self.debug = bool(resolve_value("debug"))
         if self.num_processes > 1:
+            # Malformed OVERDRIVE_DEBUG_TIMEOUT / OVERDRIVE_WATCHDOG_TIMEOUT fail here, before any process waits.
+            debug_timeout, watchdog_timeout = _debug.read_timeouts(kwargs.get("timeout"))
             self._init_process_group(use_cpu, kwargs.get("backend"), kwargs.get("timeout"), kwargs.get("init_method"))
             self.distributed_type = DistributedType.MULTI_CPU if use_cpu else DistributedType.MULTI_GPU
             atexit.register(_teardown)
+            _debug.start(self.process_index, self.num_processes, self.debug, debug_timeout, watchdog_timeout)
         self.fork_launched = False
 
     def _init_process_group(
@@ -231,15 +241,19 @@ class PartialState:
             >>> PartialState().wait_for_everyone()
         """
         if self.use_distributed:
-            dist.barrier()
+            if _debug.TRACKING:
+                _debug.tracked("wait_for_everyone", None, "", dist.barrier)
+            else:
+                dist.barrier()
 
     @contextlib.contextmanager
     def _goes_first(self, is_first: bool) -> Iterator[None]:
-        if not is_first:
-            self.wait_for_everyone()
-        yield
-        if is_first:
-            self.wait_for_everyone()
+        with _debug.patient():  # the others wait while the first one works (downloads...): not a hang
+            if not is_first:
+                self.wait_for_everyone()
+            yield
+            if is_first:
+                self.wait_for_everyone()
 
     @contextlib.contextmanager
     def main_process_first(self) -> Iterator[None]:
@@ -497,6 +511,7 @@ class GradientState:
 
     def _set_sync_gradients(self, sync_gradients: bool) -> None:
         self.sync_gradients = sync_gradients
+        _debug.note_progress()  # called once per micro-batch by accumulate(): progress for the hang watchdog
 
     def _add_dataloader(self, dataloader: Any) -> None:
         self.dataloader_references.append(dataloader)

@@ -47,7 +47,7 @@ def test_save_state_records_position_and_load_state_restores_epoch(tmp_path: Pat
             break
     saved = json.loads((tmp_path / "ckpt" / "overdrive_loaders_0.json").read_text())["loaders"]
     done = stop % 12
-    assert saved == [{"iteration": 1 + stop // 12, "batches_done": done, "seed": 5}]
+    assert saved == [{"iteration": 1 + stop // 12, "batches_done": done, "seed": 5, "global_batch": 2, "world_size": 1}]
 
     torch.manual_seed(999)  # a fresh process would have another seed: load_state restores it
     acc, dl = build(False)
