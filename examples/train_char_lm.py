@@ -2,7 +2,9 @@
 
 The script is an ordinary Accelerate training loop; only the import line says ``overdrive``. It trains on a text
 corpus generated deterministically from a small grammar (no download), evaluates once per epoch with
-``gather_for_metrics`` and prints loss, accuracy and global throughput.
+``gather_for_metrics`` and prints loss, accuracy and global throughput. A progress bar (main process only) shows
+the step rate and samples/s; the curves go to ``--project_dir`` (default ``runs/char_lm``) as TensorBoard event files
+when ``tensorboard`` is installed and always as ``log.jsonl``: ``tensorboard --logdir runs/char_lm``.
 
 Run it (two CPU processes: about 30-60 s on 2 cores, launch included)::
 
@@ -12,7 +14,7 @@ Run it (two CPU processes: about 30-60 s on 2 cores, launch included)::
 
 Options: --epochs, --batch_size (per process), --lr, --seq_len, --grad_accum, --mixed_precision
 (no/fp16/bf16; default: whatever the launcher or environment chose), --seed, --max_steps (stop after this many
-optimizer steps), --log_every.
+optimizer steps), --log_every, --project_dir.
 
 The last line reads ``final eval loss X (start Y)``; a uniform guess over the characters would score ln(vocab).
 """
@@ -30,6 +32,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from overdrive import Accelerator
+from overdrive.progress import TrainingProgress
+from overdrive.tracking import get_available_trackers
 from overdrive.utils import set_seed
 
 # The corpus is fixed by its own seed so that every process (and every --seed) trains on the same text.
@@ -162,13 +166,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--log_every", type=int, default=25, help="print the train loss every N optimizer steps")
+    p.add_argument("--project_dir", default="runs/char_lm", help="where the TensorBoard / JSONL logs go")
     p.add_argument("--corpus_chars", type=int, default=240_000, help="size of the generated corpus")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision)
+    # JSON lines always; TensorBoard when its package is installed (`pip install tensorboard`).
+    trackers = ["jsonl"] + [t for t in ("tensorboard",) if t in get_available_trackers()]
+    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
+                              log_with=trackers, project_dir=args.project_dir)
+    accelerator.init_trackers("char_lm", config=vars(args))
     set_seed(args.seed)
 
     text = make_corpus(args.corpus_chars)
@@ -210,14 +219,20 @@ def main() -> None:
     start_loss, start_acc, _ = evaluate(model, eval_dl, accelerator)
     accelerator.print(f"epoch 0: eval loss {start_loss:.4f}  acc {start_acc:.3f}  (uniform guess: {math.log(len(chars)):.4f})")
 
+    accelerator.log({"eval/loss": start_loss, "eval/accuracy": start_acc}, step=0)
+
     opt_steps = 0
     eval_loss = start_loss
+    total_steps = len(train_dl) // args.grad_accum * args.epochs
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    progress = TrainingProgress(accelerator, total=total_steps, desc="train")
     for epoch in range(1, args.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         batches = 0
-        for x, y in train_dl:
+        for x, y in progress.wrap(train_dl):
             with accelerator.accumulate(model):
                 logits = model(x)
                 loss = F.cross_entropy(logits.transpose(1, 2), y)
@@ -231,8 +246,9 @@ def main() -> None:
             batches += 1
             if accelerator.sync_gradients:
                 opt_steps += 1
+                progress.step(samples=len(x) * args.grad_accum, tokens=x.numel() * args.grad_accum)
                 if args.log_every and opt_steps % args.log_every == 0:
-                    accelerator.print(f"  step {opt_steps:4d}  loss {loss.item():.4f}  lr {scheduler.get_last_lr()[0]:.2e}")
+                    accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=opt_steps)
                 if args.max_steps is not None and opt_steps >= args.max_steps:
                     break
         elapsed = time.perf_counter() - t0
@@ -241,7 +257,9 @@ def main() -> None:
         train_loss = accelerator.reduce(loss_sum / max(1, batches), reduction="mean").item()
 
         eval_loss, eval_acc, n_eval = evaluate(model, eval_dl, accelerator)
-        accelerator.print(
+        accelerator.log({"eval/loss": eval_loss, "eval/accuracy": eval_acc, "train/epoch_loss": train_loss,
+                         "train/tokens_per_s": samples * args.seq_len / elapsed}, step=opt_steps)
+        progress.write(
             f"epoch {epoch}: train loss {train_loss:.4f}  eval loss {eval_loss:.4f}  acc {eval_acc:.3f} "
             f"({n_eval} seqs)  |  {samples * args.seq_len / elapsed:,.0f} tokens/s  "
             f"{samples / elapsed:,.1f} samples/s  ({elapsed:.1f}s)"
@@ -249,6 +267,7 @@ def main() -> None:
         if args.max_steps is not None and opt_steps >= args.max_steps:
             break
 
+    progress.close()
     accelerator.print(f"final eval loss {eval_loss:.4f} (start {start_loss:.4f})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
