@@ -39,6 +39,18 @@ _EXPORTS: dict[str, str] = {
     "find_executable_batch_size": "overdrive.utils.memory",
     "get_logger": "overdrive.logging",
     "send_to_device": "overdrive.utils.operations",
+    "notebook_launcher": "overdrive.launchers",
+    "debug_launcher": "overdrive.launchers",
+    # big-model inference (docs/big-models.md)
+    "init_empty_weights": "overdrive.big_modeling",
+    "init_on_device": "overdrive.big_modeling",
+    "cpu_offload": "overdrive.big_modeling",
+    "cpu_offload_with_hook": "overdrive.big_modeling",
+    "disk_offload": "overdrive.big_modeling",
+    "dispatch_model": "overdrive.big_modeling",
+    "load_checkpoint_and_dispatch": "overdrive.big_modeling",
+    "infer_auto_device_map": "overdrive.utils.modeling",
+    "load_checkpoint_in_model": "overdrive.utils.modeling",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -59,7 +71,17 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .accelerator import Accelerator
+    from .big_modeling import (
+        cpu_offload,
+        cpu_offload_with_hook,
+        disk_offload,
+        dispatch_model,
+        init_empty_weights,
+        init_on_device,
+        load_checkpoint_and_dispatch,
+    )
     from .data_loader import skip_first_batches
+    from .launchers import debug_launcher, notebook_launcher
     from .logging import get_logger
     from .state import AcceleratorState, GradientState, PartialState
     from .utils.dataclasses import (
@@ -75,5 +97,6 @@ if TYPE_CHECKING:
         ProjectConfiguration,
     )
     from .utils.memory import find_executable_batch_size
+    from .utils.modeling import infer_auto_device_map, load_checkpoint_in_model
     from .utils.operations import send_to_device
     from .utils.random import set_seed

@@ -22,12 +22,15 @@ import collections
 import contextlib
 import gc
 import os
+import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import torch
 
 from . import checkpoint_state, checkpointing
+from . import debug as _debug
 from .data_loader import prepare_data_loader, skip_first_batches
 from .logging import get_logger
 from .normalization import ItemWindow
@@ -36,7 +39,7 @@ from .precision import Precision, make_precision
 from .scheduler import AcceleratedScheduler
 from .settings import resolve_value
 from .state import AcceleratorState, GradientState
-from .strategies import Strategy, select_strategy
+from .strategies import Strategy, make_strategy, select_strategy
 from .utils import operations as ops
 from .utils.other import extract_model_from_parallel
 from .utils.dataclasses import (
@@ -44,6 +47,7 @@ from .utils.dataclasses import (
     DataLoaderConfiguration,
     DistributedDataParallelKwargs,
     DistributedType,
+    FullyShardedDataParallelPlugin,
     GradientAccumulationPlugin,
     GradScalerKwargs,
     InitProcessGroupKwargs,
@@ -118,7 +122,6 @@ class Accelerator:
         for name, value in (
             ("torch_tp_plugin", torch_tp_plugin),
             ("megatron_lm_plugin", megatron_lm_plugin),
-            ("log_with", log_with),
             ("deepspeed_plugins", deepspeed_plugins),
             ("parallelism_config", parallelism_config),
             ("dynamo_plugin", dynamo_plugin),
@@ -127,13 +130,20 @@ class Accelerator:
         dynamo = resolve_value("dynamo_backend", None if dynamo_backend is None else str(dynamo_backend).lower())
         if dynamo != "no":
             _not_implemented("dynamo_backend", dynamo_backend or dynamo)
+        use_fsdp = bool(resolve_value("use_fsdp"))
         strategy_cls = select_strategy(
             num_processes=int(os.environ.get("WORLD_SIZE", "1") or 1),
             fsdp_plugin=fsdp_plugin,
             deepspeed_plugin=deepspeed_plugin,
-            use_fsdp=bool(resolve_value("use_fsdp")),
+            use_fsdp=use_fsdp,
             use_deepspeed=bool(resolve_value("use_deepspeed")),
         )
+        if use_fsdp and fsdp_plugin is None:
+            fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables now, before any group forms
+        if deepspeed_plugin is None and resolve_value("use_deepspeed"):
+            from .utils.dataclasses import DeepSpeedPlugin
+
+            deepspeed_plugin = DeepSpeedPlugin()  # reads the ACCELERATE_DEEPSPEED_* variables now, before any group forms
         mixed_precision = _check_str("mixed_precision", mixed_precision)
         resolve_value("mixed_precision", mixed_precision)  # validates argument and env now, before any group forms
         self.gradient_accumulation_plugin = _accumulation_plugin(gradient_accumulation_steps, gradient_accumulation_plugin)
@@ -147,6 +157,9 @@ class Accelerator:
         if project_dir is not None and project_config is not None:
             self.project_configuration.set_directories(_opt_str(project_dir))
         checkpoint_state.validate_project_configuration(self.project_configuration)
+        from . import tracking  # light: the tracker packages themselves are imported when a tracker starts
+
+        self.log_with = tracking.filter_trackers(log_with, self.project_configuration.logging_dir)
         self.rng_types = list(rng_types) if rng_types is not None else ["generator"]
         self.device_placement = device_placement
         self.step_scheduler_with_optimizer = step_scheduler_with_optimizer
@@ -159,7 +172,13 @@ class Accelerator:
         self.precision: Precision = make_precision(
             self.state.mixed_precision, self.state.device, self.autocast_handler, self.scaler_handler
         )
-        self.strategy: Strategy = strategy_cls(self.state.partial, self.precision, self.ddp_handler)
+        self.strategy: Strategy = make_strategy(
+            strategy_cls, self.state.partial, self.precision, self.ddp_handler, fsdp_plugin=fsdp_plugin,
+            deepspeed_plugin=deepspeed_plugin,
+        )
+        self.precision = self.strategy.precision  # DeepSpeed's engine owns mixed precision: its strategy holds fp32's
+        if deepspeed_plugin is not None:
+            self.state.deepspeed_plugin = deepspeed_plugin  # AcceleratorState().deepspeed_plugin, as in Accelerate
 
         self.step = 0
         self.flag_tensor: torch.Tensor | None = None
@@ -168,6 +187,8 @@ class Accelerator:
         self._schedulers: list[AcceleratedScheduler] = []
         self._dataloaders: list[Any] = []
         self.trackers: list[Any] = []
+        self._backward_seconds = 0.0  # total time inside backward(), for overdrive.progress
+        self._warned_unprepared_accumulation = False
         self._item_window = ItemWindow()
         self._custom_objects: list[Any] = []  # register_for_checkpointing; hook tables keep Accelerate's names
         self._save_model_state_pre_hook: collections.OrderedDict[int, Callable[..., None]] = collections.OrderedDict()
@@ -306,6 +327,9 @@ class Accelerator:
             >>> model = torch.nn.Linear(2, 2)
             >>> model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
         """
+        together = getattr(self.strategy, "prepare_together", None)
+        if together is not None:  # DeepSpeed builds one engine from the model, optimizer and scheduler together
+            return together(self, args, device_placement)
         if device_placement is None:
             device_placement = [None] * len(args)  # type: ignore[list-item]
         elif len(device_placement) != len(args):
@@ -341,10 +365,23 @@ class Accelerator:
         """
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"prepare_model expects a torch.nn.Module, got {type(model).__name__}")
+        for prepared in self._models:
+            # As in Accelerate, preparing a model again never wraps it twice: the same prepared object comes back
+            # (whether the prepared wrapper or the original module is passed).
+            if prepared is model or self.unwrap_model(prepared, keep_fp32_wrapper=True) is model:
+                return prepared
         place = self.device_placement if device_placement is None else device_placement
         prepared = self.strategy.prepare_model(model, device_placement=place, evaluation_mode=evaluation_mode)
         self._models.append(prepared)
+        for opt in self._optimizers:  # prepared before this model: FSDP2 re-points them at the new shards
+            self._strategy_prepare_optimizer(opt.optimizer)
         return prepared
+
+    def _strategy_prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        # Sharding strategies replace parameters; optimizers built on the originals must follow (FSDP2).
+        hook = getattr(self.strategy, "prepare_optimizer", None)
+        if hook is not None:
+            hook(optimizer)
 
     def prepare_optimizer(self, optimizer: torch.optim.Optimizer, device_placement: bool | None = None) -> Any:
         """Wrap ``optimizer`` so it steps only on synchronisation steps (and through the fp16 scaler).
@@ -359,6 +396,7 @@ class Accelerator:
             self._optimizers.append(optimizer)
             return optimizer
         place = self.device_placement if device_placement is None else device_placement
+        self._strategy_prepare_optimizer(optimizer)
         wrapped = AcceleratedOptimizer(optimizer, device_placement=place, precision=self.precision)
         self._optimizers.append(wrapped)
         return wrapped
@@ -456,6 +494,24 @@ class Accelerator:
                 f"backward() needs a scalar loss, got a tensor of shape {tuple(loss.shape)}; "
                 "reduce it first, e.g. loss.mean() or loss.sum()"
             )
+        started = time.perf_counter()
+        try:
+            self._backward(loss, num_items, **kwargs)
+        finally:
+            # Read by overdrive.progress: under data parallelism ranks wait for a slow one inside backward.
+            self._backward_seconds += time.perf_counter() - started
+            _debug.note_progress()  # the hang watchdog counts backward passes as progress
+
+    def _backward(self, loss: torch.Tensor, num_items: Any, **kwargs: Any) -> None:
+        engine_backward = getattr(self.strategy, "engine_backward", None)
+        if engine_backward is not None:  # DeepSpeed: the engine divides by the accumulation steps and steps itself
+            if num_items is not None:
+                raise ValueError(
+                    "backward(loss, num_items=...) is not supported under DeepSpeed (its engine divides every loss by "
+                    "the accumulation steps); pass the per-micro-batch mean loss: backward(loss)"
+                )
+            engine_backward(loss, sync_gradients=self.sync_gradients, **kwargs)
+            return
         if num_items is None:
             if self._item_window.active:
                 raise ValueError(
@@ -496,6 +552,14 @@ class Accelerator:
             >>> acc.sync_gradients
             False
         """
+        if (self.gradient_accumulation_steps > 1 and not self.gradient_state.in_dataloader
+                and self.gradient_state.sync_with_dataloader and not self._warned_unprepared_accumulation):
+            self._warned_unprepared_accumulation = True
+            warnings.warn(
+                "accumulate() is used while no prepared data loader is being iterated, so the end of an epoch cannot "
+                "force the last (incomplete) accumulation window to synchronise and step; iterate a loader returned "
+                "by accelerator.prepare(...) (this warning is shown once)", UserWarning, stacklevel=3,
+            )
         self._do_sync()
         allow_sync = self.sync_gradients or (self.use_distributed and self.gradient_state.sync_each_batch)
         with contextlib.ExitStack() as stack:
@@ -586,6 +650,9 @@ class Accelerator:
             >>> acc.clip_grad_norm_([w], 1.0)
             tensor(5.)
         """
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm >= 0:
+            # torch accepts a negative max_norm and flips every gradient's sign
+            raise ValueError(f"clip_grad_norm_(max_norm={max_norm!r}): pass a number >= 0 (the largest allowed norm)")
         self.unscale_gradients()
         return self.strategy.clip_grad_norm_(parameters, max_norm, norm_type=norm_type)
 
@@ -599,6 +666,8 @@ class Accelerator:
             >>> Accelerator().clip_grad_value_([w], 1.0); w.grad
             tensor([ 1., -1.])
         """
+        if isinstance(clip_value, bool) or not isinstance(clip_value, (int, float)) or not clip_value >= 0:
+            raise ValueError(f"clip_grad_value_(clip_value={clip_value!r}): pass a number >= 0")
         self.unscale_gradients()
         self.strategy.clip_grad_value_(parameters, clip_value)
 
@@ -671,17 +740,37 @@ class Accelerator:
 
     def save_state(
         self, output_dir: str | os.PathLike[str] | None = None, safe_serialization: bool = True,
-        **save_model_func_kwargs: Any,
+        async_save: bool = False, **save_model_func_kwargs: Any,
     ) -> Any:
         """Save models, optimizers, schedulers, loaders, scaler, RNG states and registered objects to a folder.
+
+        ``async_save=True`` (overdrive only; Accelerate has no such argument) returns as soon as a copy of the state
+        is in CPU memory and writes the files in a background thread; :meth:`wait_for_checkpoint` (or the next
+        save_state, load_state, maybe_resume, end_training, or interpreter exit) commits the folder. The files and
+        layout are the same as a synchronous save's. Every rank calls it, as for a synchronous save.
 
         Example:
             >>> import tempfile, torch
             >>> from overdrive import Accelerator
             >>> acc = Accelerator(); _ = acc.prepare(torch.nn.Linear(2, 2))
             >>> folder = acc.save_state(tempfile.mkdtemp())
+            >>> folder = acc.save_state(tempfile.mkdtemp(), async_save=True)  # returns before the files are written
+            >>> acc.wait_for_checkpoint() == folder
+            True
         """
-        return checkpoint_state.save_state(self, output_dir, safe_serialization, **save_model_func_kwargs)
+        return checkpoint_state.save_state(self, output_dir, safe_serialization, async_save, **save_model_func_kwargs)
+
+    def wait_for_checkpoint(self) -> Any:
+        """Wait for the pending ``save_state(async_save=True)`` and commit it; returns its folder (``None`` when
+        nothing is pending). Every rank calls it; a failed background write raises here, on every rank, and the
+        earlier checkpoints stay untouched.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().wait_for_checkpoint() is None
+            True
+        """
+        return checkpoint_state.wait_for_checkpoint(self)
 
     def load_state(
         self, input_dir: str | os.PathLike[str] | None = None, load_kwargs: dict[str, Any] | None = None,
@@ -695,6 +784,7 @@ class Accelerator:
             >>> acc = Accelerator(); _ = acc.prepare(torch.nn.Linear(2, 2))
             >>> acc.load_state(acc.save_state(tempfile.mkdtemp()))
         """
+        checkpoint_state.wait_for_checkpoint(self)  # a pending async save commits first (it may be the one loaded)
         checkpoint_state.load_state(self, input_dir, load_kwargs, **load_model_func_kwargs)
 
     def maybe_resume(self, dataloader: Any = None) -> checkpoint_state.ResumePoint:
@@ -708,6 +798,7 @@ class Accelerator:
             >>> Accelerator(project_config=config).maybe_resume().checkpoint is None
             True
         """
+        checkpoint_state.wait_for_checkpoint(self)
         return checkpoint_state.maybe_resume(self, dataloader)
 
     def register_for_checkpointing(self, *objects: Any) -> None:
@@ -940,22 +1031,73 @@ class Accelerator:
         """
         self.state.print(*args, **kwargs)
 
-    # -- experiment tracking: with no tracker configured these do nothing, as in Accelerate -----------------
+    # -- experiment tracking (overdrive.tracking): trackers write on the main process only ----------------------
 
     def init_trackers(self, project_name: str, config: dict[str, Any] | None = None,
                       init_kwargs: dict[str, Any] | None = None) -> None:
-        """Start the configured trackers (none can be configured in this version, so nothing happens)."""
+        """Start the trackers chosen with ``log_with`` and store ``config``; nothing is written before this call.
+
+        ``init_kwargs`` maps a tracker name to keyword arguments for it, e.g. ``{"wandb": {"tags": ["a"]}}``.
+
+        Example:
+            >>> import tempfile
+            >>> acc = Accelerator(log_with="jsonl", project_dir=tempfile.mkdtemp())
+            >>> acc.init_trackers("run", config={"lr": 1e-3}); [t.name for t in acc.trackers]
+            ['jsonl']
+            >>> acc.end_training()
+        """
+        from . import tracking
+
+        if not isinstance(project_name, str) or not project_name:
+            raise ValueError(f"init_trackers(project_name={project_name!r}): pass a non-empty string")
+        if init_kwargs is not None and not isinstance(init_kwargs, dict):
+            raise TypeError(f"init_trackers(init_kwargs=...) must map tracker names to dicts, got {init_kwargs!r}")
+        self.trackers += tracking.start_trackers(
+            self.log_with, project_name, self.logging_dir, config, init_kwargs or {}
+        )
+
+    def get_tracker(self, name: str, unwrap: bool = False) -> Any:
+        """The started tracker called ``name`` (its package object with ``unwrap=True``).
+
+        Before ``init_trackers`` (or on a rank where nothing is tracked) it returns a blank tracker whose methods do
+        nothing, as in Accelerate.
+
+        Example:
+            >>> Accelerator().get_tracker("tensorboard").tracker is None
+            True
+        """
+        from . import tracking
+
+        for tracker in self.trackers:
+            if tracker.name == name:
+                return tracker.tracker if unwrap else tracker
+        if self.trackers:
+            raise ValueError(f"get_tracker({name!r}): no such tracker; started: {[t.name for t in self.trackers]}")
+        return tracking.GeneralTracker(_blank=True)
 
     def log(self, values: dict[str, Any], step: int | None = None, log_kwargs: dict[str, Any] | None = None) -> None:
-        """Log ``values`` to the configured trackers (none in this version)."""
+        """Log ``values`` (numbers, strings, dicts of numbers) at ``step`` to every tracker, on the main process.
+
+        ``log_kwargs`` maps a tracker name to extra keyword arguments for its ``log``.
+
+        Example:
+            >>> Accelerator().log({"loss": 0.1}, step=1)  # no tracker configured: nothing happens
+        """
+        if not isinstance(values, dict):
+            raise TypeError(f"log(values=...) needs a dict of name -> value, got {type(values).__name__}")
+        if not self.is_main_process:
+            return
+        for tracker in self.trackers:
+            tracker.log(values, step=step, **(log_kwargs or {}).get(tracker.name, {}))
 
     def end_training(self) -> None:
-        """Finish trackers and release the process group (call once at the end of training).
+        """Commit a pending async checkpoint, finish trackers and release the process group (call once, at the end).
 
         Example:
             >>> from overdrive import Accelerator
             >>> Accelerator().end_training()
         """
+        checkpoint_state.wait_for_checkpoint(self, release_buffers=True)  # collective: before the group goes
         for tracker in self.trackers:
             tracker.finish()
         self.state.destroy_process_group()
@@ -976,7 +1118,9 @@ def _check_str(name: str, value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def _opt_str(value: str | os.PathLike[str] | None) -> str | None:
+def _opt_str(value: str | os.PathLike[str] | None, name: str = "project_dir") -> str | None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"Accelerator({name}={value!r}): pass a folder path (str or os.PathLike) or None")
     return None if value is None else os.fspath(value)
 
 
@@ -997,7 +1141,7 @@ def _accumulation_plugin(steps: int, plugin: GradientAccumulationPlugin | None) 
         if plugin.num_steps is not None:
             _positive_int("GradientAccumulationPlugin.num_steps", plugin.num_steps)
         return plugin
-    steps = steps if steps != 1 else int(resolve_value("gradient_accumulation_steps"))
+    steps = int(resolve_value("gradient_accumulation_steps", steps if steps != 1 else None))  # warns on a conflict
     return GradientAccumulationPlugin(num_steps=steps)
 
 

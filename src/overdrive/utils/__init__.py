@@ -27,6 +27,7 @@ from .dataclasses import (
     RNGType,
     TorchDynamoPlugin,
 )
+from .fsdp_utils import merge_fsdp_weights
 from .memory import find_executable_batch_size, release_memory
 from .operations import (
     broadcast,
@@ -46,6 +47,7 @@ from .operations import (
 )
 from .other import extract_model_from_parallel, save, wait_for_everyone
 from .random import set_seed, synchronize_rng_state, synchronize_rng_states
+from .tqdm import tqdm
 
 __all__ = [
     "AutocastKwargs",
@@ -77,6 +79,7 @@ __all__ = [
     "gather",
     "gather_object",
     "honor_type",
+    "merge_fsdp_weights",
     "pad_across_processes",
     "recursively_apply",
     "reduce",
@@ -87,5 +90,42 @@ __all__ = [
     "slice_tensors",
     "synchronize_rng_state",
     "synchronize_rng_states",
+    "tqdm",
     "wait_for_everyone",
 ]
+
+# Big-model helpers (docs/big-models.md) at Accelerate's ``accelerate.utils`` names, loaded on first use: state.py
+# imports this package while it loads, and these modules need not come with it.
+_LAZY_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "align_module_device", "calculate_maximum_sizes", "check_device_map",
+            "check_tied_parameters_on_same_device", "compute_module_sizes", "dtype_byte_size", "find_tied_parameters",
+            "get_balanced_memory", "get_max_layer_size", "get_max_memory", "has_offloaded_params",
+            "infer_auto_device_map", "load_checkpoint_in_model", "load_offloaded_weights", "load_state_dict",
+            "named_module_tensors", "retie_parameters", "set_module_tensor_to_device",
+        ),
+        "overdrive.utils.modeling",
+    ),
+    **dict.fromkeys(
+        (
+            "OffloadedWeightsLoader", "PrefixedDataset", "extract_submodules_state_dict", "load_offloaded_weight",
+            "offload_state_dict", "offload_weight", "save_offload_index",
+        ),
+        "overdrive.utils.offload",
+    ),
+    # DeepSpeed placeholders for an optimizer/scheduler the DeepSpeed config defines (as in accelerate.utils)
+    **dict.fromkeys(("DummyOptim", "DummyScheduler"), "overdrive.utils.deepspeed"),
+}
+__all__ += sorted(_LAZY_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'overdrive.utils' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
