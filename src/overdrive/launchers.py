@@ -14,31 +14,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from .commands.launch import _environ  # forked workers inherit the patched environment
 from .settings import SETTINGS
 
 __all__ = ["debug_launcher", "notebook_launcher"]
 
 JOIN_TIMEOUT_S = 60  # as `overdrive launch`: a missing node fails in a minute, not torch's 600-900 s
-
-
-@contextlib.contextmanager
-def _environ(extra: Mapping[str, str]) -> Iterator[None]:
-    """Set ``extra`` in ``os.environ`` for the block (forked workers inherit it), then restore what was there."""
-    saved = {key: os.environ.get(key) for key in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _settings_env(mixed_precision: str, cpu: bool) -> dict[str, str]:
