@@ -53,6 +53,7 @@ from .utils.dataclasses import (
     InitProcessGroupKwargs,
     KwargsHandler,
     ProjectConfiguration,
+    TorchDynamoPlugin,
 )
 
 __all__ = ["Accelerator"]
@@ -124,12 +125,9 @@ class Accelerator:
             ("megatron_lm_plugin", megatron_lm_plugin),
             ("deepspeed_plugins", deepspeed_plugins),
             ("parallelism_config", parallelism_config),
-            ("dynamo_plugin", dynamo_plugin),
         ):
             _not_implemented(name, value)
-        dynamo = resolve_value("dynamo_backend", None if dynamo_backend is None else str(dynamo_backend).lower())
-        if dynamo != "no":
-            _not_implemented("dynamo_backend", dynamo_backend or dynamo)
+        dynamo = _dynamo_plugin(dynamo_backend, dynamo_plugin)
         use_fsdp = bool(resolve_value("use_fsdp"))
         strategy_cls = select_strategy(
             num_processes=int(os.environ.get("WORLD_SIZE", "1") or 1),
@@ -138,6 +136,11 @@ class Accelerator:
             use_fsdp=use_fsdp,
             use_deepspeed=bool(resolve_value("use_deepspeed")),
         )
+        if dynamo.enabled and not strategy_cls.supports_compile:
+            raise NotImplementedError(
+                f"dynamo_backend={str(dynamo.backend).lower()!r} is not supported with {strategy_cls.__name__} yet; "
+                "train without compilation (dynamo_backend='no') or use DDP/FSDP"
+            )
         if use_fsdp and fsdp_plugin is None:
             fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables now, before any group forms
         if deepspeed_plugin is None and resolve_value("use_deepspeed"):
@@ -174,8 +177,9 @@ class Accelerator:
         )
         self.strategy: Strategy = make_strategy(
             strategy_cls, self.state.partial, self.precision, self.ddp_handler, fsdp_plugin=fsdp_plugin,
-            deepspeed_plugin=deepspeed_plugin,
+            deepspeed_plugin=deepspeed_plugin, dynamo_plugin=dynamo,
         )
+        self.state.dynamo_plugin = dynamo  # AcceleratorState().dynamo_plugin, as in Accelerate
         self.precision = self.strategy.precision  # DeepSpeed's engine owns mixed precision: its strategy holds fp32's
         if deepspeed_plugin is not None:
             self.state.deepspeed_plugin = deepspeed_plugin  # AcceleratorState().deepspeed_plugin, as in Accelerate
@@ -1116,6 +1120,22 @@ def _check_str(name: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a string such as 'bf16', got {type(value).__name__}")
     return value.lower() if isinstance(value, str) else value
+
+
+def _dynamo_plugin(backend: Any, plugin: Any) -> TorchDynamoPlugin:
+    """The compile settings: ``dynamo_backend`` (argument > env > ``no``) or the user's plugin, never both."""
+    if plugin is not None:
+        if backend is not None:
+            raise ValueError(
+                f"dynamo_backend={backend!r} and dynamo_plugin were both given; pass only the plugin (set its backend)"
+            )
+        if not isinstance(plugin, TorchDynamoPlugin):
+            raise TypeError(f"dynamo_plugin must be a TorchDynamoPlugin, got {type(plugin).__name__}")
+        return plugin
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"dynamo_backend={backend!r}: pass a backend name such as 'inductor' or 'aot_eager' (or 'no')")
+    explicit = None if backend is None else str(backend).lower()  # DynamoBackend members are str too
+    return TorchDynamoPlugin(backend=str(resolve_value("dynamo_backend", explicit)))
 
 
 def _opt_str(value: str | os.PathLike[str] | None, name: str = "project_dir") -> str | None:

@@ -638,7 +638,8 @@ def _rotate(root: Path, total_limit: int, newest: Path, required: Sequence[str])
 
 def _user_models(acc: Accelerator) -> list[torch.nn.Module]:
     """The user's modules inside the strategy wrappers: Accelerate's files and hooks use their keys (no ``module.``)."""
-    return [acc.unwrap_model(model) for model in acc._models]
+    # keep_torch_compile=False: a model the user wrapped in torch.compile loads plain keys (no ``_orig_mod.``) too
+    return [acc.unwrap_model(model, keep_torch_compile=False) for model in acc._models]
 
 
 # -- committing, and saves still being written in the background -------------------------------------------------
@@ -902,7 +903,13 @@ def save_state(
 
 
 def _match_keys(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Add or strip DDP's ``module.`` prefix when only that differs (a checkpoint from another world size)."""
+    """Add or strip DDP's ``module.`` prefix when only that differs (a checkpoint from another world size).
+
+    ``_orig_mod.`` (written by Accelerate for torch.compile'd models) is dropped first: compiled and plain
+    checkpoints are interchangeable.
+    """
+    if any("_orig_mod." in k for k in loaded) and not any("_orig_mod." in k for k in own):
+        loaded = {k.replace("_orig_mod.", ""): v for k, v in loaded.items()}
     own_keys, keys = set(own), set(loaded)
     if own_keys == keys or not own_keys or not keys:
         return loaded

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..precision import Precision
 from ..state import PartialState
 from ..utils.dataclasses import DistributedDataParallelKwargs, FullyShardedDataParallelPlugin
-from .base import Strategy, unwrap_compiled
+from .base import Strategy, compile_model, is_compiled, repeated_blocks, unwrap_compiled
 from .ddp import DDPStrategy
 from .deepspeed import DeepSpeedStrategy, is_deepspeed_engine
 from .fsdp import FSDP2Strategy
@@ -25,7 +25,7 @@ from .single import SingleDeviceStrategy
 
 __all__ = [
     "DDPStrategy", "DeepSpeedStrategy", "FSDP2Strategy", "SingleDeviceStrategy", "Strategy", "make_strategy", "select_strategy",
-    "unwrap_compiled", "unwrap_parallel",
+    "compile_model", "is_compiled", "repeated_blocks", "unwrap_compiled", "unwrap_parallel",
 ]
 
 
@@ -74,18 +74,26 @@ def select_strategy(
 def make_strategy(
     strategy_cls: type[Strategy], state: PartialState, precision: Precision,
     ddp_kwargs: DistributedDataParallelKwargs | None = None, fsdp_plugin: Any = None, deepspeed_plugin: Any = None,
+    dynamo_plugin: Any = None,
 ) -> Strategy:
     """Build the chosen strategy, handing each the settings it owns (the FSDP plugin goes to FSDP2 only).
+
+    ``dynamo_plugin`` (a :class:`~overdrive.utils.TorchDynamoPlugin`) makes ``prepare_model`` compile each model
+    before wrapping it.
 
     Example:
         >>> make_strategy(SingleDeviceStrategy, PartialState(), Precision()).distributed_type
         <DistributedType.NO: 'NO'>
     """
+    strategy: Strategy
     if strategy_cls is FSDP2Strategy:
-        return FSDP2Strategy(state, precision, ddp_kwargs, fsdp_plugin=fsdp_plugin)
-    if strategy_cls is DeepSpeedStrategy:
-        return DeepSpeedStrategy(state, precision, ddp_kwargs, deepspeed_plugin=deepspeed_plugin)
-    return strategy_cls(state, precision, ddp_kwargs)  # type: ignore[call-arg]
+        strategy = FSDP2Strategy(state, precision, ddp_kwargs, fsdp_plugin=fsdp_plugin)
+    elif strategy_cls is DeepSpeedStrategy:
+        strategy = DeepSpeedStrategy(state, precision, ddp_kwargs, deepspeed_plugin=deepspeed_plugin)
+    else:
+        strategy = strategy_cls(state, precision, ddp_kwargs)  # type: ignore[call-arg]
+    strategy.dynamo_plugin = dynamo_plugin
+    return strategy
 
 
 def unwrap_parallel(model: torch.nn.Module) -> torch.nn.Module:

@@ -149,6 +149,8 @@ class DeepSpeedStrategy(Strategy):
 
     # checkpoint_state: this strategy writes and reads the model and optimizer files itself (engine checkpoints).
     owns_checkpoint_files = True
+    # ZeRO-3's partitioning hooks run inside every submodule's forward; compiling through them is untested here.
+    supports_compile = False
 
     def __init__(
         self,

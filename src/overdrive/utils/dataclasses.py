@@ -380,13 +380,46 @@ class GradientAccumulationPlugin(KwargsHandler):
             _check_bool("GradientAccumulationPlugin", name, getattr(self, name))
 
 
+_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _dynamo_env(name: str, environ: Any) -> str | None:
+    """``OVERDRIVE_DYNAMO_<NAME>`` first, then Accelerate's ``ACCELERATE_DYNAMO_<NAME>``; ``None`` when unset."""
+    for var in (f"OVERDRIVE_DYNAMO_{name}", f"ACCELERATE_DYNAMO_{name}"):
+        raw = environ.get(var)
+        if raw is not None and raw != "":
+            return str(raw)
+    return None
+
+
+def _dynamo_env_bool(name: str, environ: Any) -> bool | None:
+    from ..settings import parse_bool
+
+    raw = _dynamo_env(name, environ)
+    if raw is None:
+        return None
+    try:
+        return parse_bool(raw)
+    except ValueError as err:
+        raise ValueError(f"environment variable ACCELERATE_DYNAMO_{name} / OVERDRIVE_DYNAMO_{name}: {err}") from None
+
+
 @dataclass
 class TorchDynamoPlugin(KwargsHandler):
-    """``torch.compile`` options (accepted now; compilation is not implemented yet).
+    """``torch.compile`` options, with Accelerate's field names and ``ACCELERATE_DYNAMO_*`` variables.
+
+    Like :class:`FullyShardedDataParallelPlugin`, a field left at ``None`` is read from the environment when the
+    plugin is built (``OVERDRIVE_DYNAMO_<NAME>`` first, then Accelerate's ``ACCELERATE_DYNAMO_<NAME>``: ``BACKEND``,
+    ``MODE``, ``USE_FULLGRAPH``, ``USE_DYNAMIC``, ``USE_REGIONAL_COMPILATION``). ``backend`` becomes a
+    :class:`DynamoBackend` member (``NO`` disables compilation); a backend name torch registers but the enum lacks
+    is kept as lower-case text. The model is compiled in place (``Module.compile``) before the strategy wraps it,
+    so DDP runs the compiled graph and state-dict keys never gain ``_orig_mod.`` (see docs/performance.md).
 
     Example:
         >>> TorchDynamoPlugin(backend="inductor").backend
-        'inductor'
+        <DynamoBackend.INDUCTOR: 'INDUCTOR'>
+        >>> TorchDynamoPlugin(backend="aot_eager", fullgraph=True).compile_kwargs()
+        {'backend': 'aot_eager', 'fullgraph': True}
     """
 
     backend: DynamoBackend | str | None = None
@@ -396,6 +429,95 @@ class TorchDynamoPlugin(KwargsHandler):
     options: Any = None
     disable: bool = False
     use_regional_compilation: bool | None = None
+
+    def __post_init__(self) -> None:
+        import os
+
+        env = os.environ
+        if self.backend is None:
+            from ..settings import resolve_value
+
+            self.backend = str(resolve_value("dynamo_backend"))
+        self.backend = _dynamo_backend(self.backend)
+        if self.mode is None:
+            self.mode = _dynamo_env("MODE", env)
+        if self.mode is not None and (not isinstance(self.mode, str) or self.mode.lower() not in _COMPILE_MODES):
+            allowed = ", ".join(repr(m) for m in _COMPILE_MODES if m is not None)
+            raise ValueError(f"TorchDynamoPlugin(mode={self.mode!r}): mode must be one of {allowed} (or None)")
+        self.mode = self.mode.lower() if self.mode is not None else None
+        if self.fullgraph is None:
+            self.fullgraph = bool(_dynamo_env_bool("USE_FULLGRAPH", env))
+        if self.dynamic is None:
+            self.dynamic = _dynamo_env_bool("USE_DYNAMIC", env)  # None: torch decides (recompiles as dynamic)
+        if self.use_regional_compilation is None:
+            self.use_regional_compilation = bool(_dynamo_env_bool("USE_REGIONAL_COMPILATION", env))
+        _check_bool("TorchDynamoPlugin", "fullgraph", self.fullgraph)
+        _check_bool("TorchDynamoPlugin", "dynamic", self.dynamic, allow_none=True)
+        _check_bool("TorchDynamoPlugin", "disable", self.disable)
+        _check_bool("TorchDynamoPlugin", "use_regional_compilation", self.use_regional_compilation)
+        if self.options is not None and not isinstance(self.options, dict):
+            raise TypeError(f"TorchDynamoPlugin(options={self.options!r}): options must be a dict of backend options")
+        if self.options and self.mode not in (None, "default"):
+            raise ValueError(
+                f"TorchDynamoPlugin(mode={self.mode!r}, options=...): torch.compile takes a mode or options, not both;"
+                " drop one of them"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """True when a model should be compiled (a backend other than ``NO`` and ``disable`` not set).
+
+        Example:
+            >>> TorchDynamoPlugin(backend="no").enabled
+            False
+        """
+        return self.backend != DynamoBackend.NO and not self.disable
+
+    def compile_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``torch.compile`` / ``Module.compile`` (the defaults left out).
+
+        Example:
+            >>> TorchDynamoPlugin(backend="INDUCTOR", mode="max-autotune").compile_kwargs()
+            {'backend': 'inductor', 'mode': 'max-autotune'}
+        """
+        kwargs: dict[str, Any] = {"backend": str(self.backend).lower()}
+        if self.mode not in (None, "default"):
+            kwargs["mode"] = self.mode
+        if self.fullgraph:
+            kwargs["fullgraph"] = True
+        if self.dynamic is not None:
+            kwargs["dynamic"] = self.dynamic
+        if self.options:
+            kwargs["options"] = dict(self.options)
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields, ``backend`` as lower-case text (as Accelerate writes it)."""
+        out = copy.deepcopy(self.__dict__)
+        out["backend"] = str(self.backend).lower()
+        return out
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """Accelerate's spelling of :meth:`compile_kwargs` (``use_regional_compilation`` is not a compile argument)."""
+        return self.compile_kwargs()
+
+
+def _dynamo_backend(value: Any) -> DynamoBackend | str:
+    """A :class:`DynamoBackend` member, or a backend name torch has registered; else a ``ValueError`` naming both."""
+    text = str(getattr(value, "value", value)).strip()
+    if not isinstance(value, (str, DynamoBackend)) or not text:
+        raise TypeError(f"dynamo_backend={value!r}: pass a backend name such as 'inductor' or 'aot_eager' (or 'no')")
+    try:
+        return DynamoBackend(text.upper())
+    except ValueError:
+        pass
+    import torch._dynamo  # only for names outside the enum: importing dynamo costs ~0.2 s
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if text.lower() in known:
+        return text.lower()
+    allowed = ", ".join(sorted({b.value.lower() for b in DynamoBackend} | set(known)))
+    raise ValueError(f"dynamo_backend={value!r} is not a torch.compile backend; use one of {allowed}")
 
 
 @dataclass

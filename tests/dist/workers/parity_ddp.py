@@ -1,0 +1,117 @@
+"""Worker: overdrive against a hand-written DistributedDataParallel loop, bitwise.
+
+Run under torchrun with 2 processes (gloo). For each mode (fp32, accumulation 4, bf16 autocast on CPU) every rank
+trains the same model on the same per-rank batches twice: once with plain torch (DDP, ``no_sync`` on accumulation
+micro-steps, ``torch.autocast`` around forward for bf16) and once through ``Accelerator.prepare``/``accumulate``/
+``backward``. The final state dicts must be bitwise equal (``torch.equal``). Any mismatch raises (non-zero exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, TensorDataset
+
+from overdrive import Accelerator, InitProcessGroupKwargs
+from overdrive.state import AcceleratorState, GradientState
+
+N, B = 64, 4  # 16 global batches: 8 per rank, two windows of 4 under accumulation
+RANK = int(os.environ.get("RANK", "0"))
+MODES = {"fp32": (1, "no"), "accum4": (4, "no"), "bf16": (1, "bf16"), "bf16_accum4": (4, "bf16")}
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")  # one write per line: ranks share stdout
+    sys.stdout.flush()
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 3))
+
+
+def make_dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(N, 6, generator=g), torch.randn(N, 3, generator=g))
+
+
+def hand_written(accum: int, bf16: bool) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The loop a user writes without overdrive: rank r takes global batches r, r + world, ... (no shuffling)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    model = DistributedDataParallel(make_model())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batches = list(DataLoader(make_dataset(), batch_size=B, shuffle=False))[rank::world]
+    seen = []
+    for i, (x, y) in enumerate(batches):
+        seen.append(x)
+        sync = (i + 1) % accum == 0 or i == len(batches) - 1
+        with contextlib.nullcontext() if sync else model.no_sync():
+            if bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = model(x)
+                out = out.float()
+            else:
+                out = model(x)
+            loss = F.mse_loss(out, y)
+            (loss / accum if accum > 1 else loss).backward()
+        if sync:
+            opt.step()
+            opt.zero_grad()
+    state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+    del model, opt
+    gc.collect()
+    return state, seen
+
+
+def with_overdrive(accum: int, mixed_precision: str) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    AcceleratorState._reset_state()  # one mixed_precision per AcceleratorState: start each mode afresh (group kept)
+    GradientState._reset_state()
+    acc = Accelerator(gradient_accumulation_steps=accum, mixed_precision=mixed_precision,
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, opt, loader = acc.prepare(model, opt, DataLoader(make_dataset(), batch_size=B, shuffle=False))
+    seen = []
+    for x, y in loader:
+        seen.append(x)
+        with acc.accumulate(model):
+            loss = F.mse_loss(model(x), y)
+            acc.backward(loss)
+            opt.step()
+            opt.zero_grad()
+    state = {k: v.detach().clone() for k, v in acc.get_state_dict(model).items()}
+    acc.free_memory()
+    del model, opt
+    gc.collect()
+    return state, seen
+
+
+def main() -> None:
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    torch.set_num_threads(1)
+    for name, (accum, mp) in MODES.items():
+        ref, ref_seen = hand_written(accum, mp == "bf16")
+        got, got_seen = with_overdrive(accum, mp)
+        assert len(ref_seen) == len(got_seen) and all(torch.equal(a, b) for a, b in zip(ref_seen, got_seen)), \
+            f"rank {RANK} {name}: the prepared loader gave other batches than rank::world"
+        assert list(ref) == list(got), f"rank {RANK} {name}: keys {list(ref)} != {list(got)}"
+        diff: dict[str, Any] = {k: (ref[k] - got[k]).abs().max().item() for k in ref if not torch.equal(ref[k], got[k])}
+        assert not diff, f"rank {RANK} {name}: not bitwise equal, max abs diff per tensor {diff}"
+        say(f"PARITY BITWISE OK rank={RANK} mode={name} tensors={len(ref)}")
+    dist.barrier()
+    dist.destroy_process_group()
+    say(f"ALL OK rank={RANK}")
+
+
+if __name__ == "__main__":
+    main()
