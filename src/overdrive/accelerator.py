@@ -160,9 +160,11 @@ class Accelerator:
         if project_dir is not None and project_config is not None:
             self.project_configuration.set_directories(_opt_str(project_dir))
         checkpoint_state.validate_project_configuration(self.project_configuration)
-        from . import tracking  # light: the tracker packages themselves are imported when a tracker starts
+        self.log_with: list[Any] = []
+        if log_with is not None:  # the module only when asked for: Accelerator() stays a few hundred microseconds
+            from . import tracking  # the tracker packages themselves are imported when a tracker starts
 
-        self.log_with = tracking.filter_trackers(log_with, self.project_configuration.logging_dir)
+            self.log_with = tracking.filter_trackers(log_with, self.project_configuration.logging_dir)
         self.rng_types = list(rng_types) if rng_types is not None else ["generator"]
         self.device_placement = device_placement
         self.step_scheduler_with_optimizer = step_scheduler_with_optimizer

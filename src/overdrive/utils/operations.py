@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import update_wrapper
 from typing import Any
@@ -205,6 +205,19 @@ def recursively_apply(
     return data
 
 
+def _already_on(items: Iterable[Any], device: torch.device | str | int) -> bool:
+    """True when every item is a plain tensor already on ``device`` (a flat batch that needs no move)."""
+    target = device if isinstance(device, torch.device) else torch.device(device)
+    if target.type != "cpu" and target.index is None:
+        return False  # "cuda" means the current device: let .to() decide
+    seen = False
+    for item in items:
+        if type(item) is not torch.Tensor or item.device != target:
+            return False
+        seen = True
+    return seen
+
+
 def send_to_device(
     tensor: Any, device: torch.device | str | int, non_blocking: bool = False, skip_keys: list[str] | str | None = None
 ) -> Any:
@@ -220,8 +233,12 @@ def send_to_device(
     if isinstance(skip_keys, str):
         skip_keys = [skip_keys]
     if isinstance(tensor, (tuple, list)):
+        if _already_on(tensor, device):
+            return tensor  # the common batch on CPU: nothing to move, no per-step rebuild of the structure
         return honor_type(tensor, (send_to_device(t, device, non_blocking, skip_keys) for t in tensor))
     if isinstance(tensor, Mapping):
+        if not skip_keys and _already_on(tensor.values(), device):
+            return tensor
         skip = skip_keys or ()
         return _same_mapping_type(
             tensor,
