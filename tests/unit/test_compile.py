@@ -276,3 +276,21 @@ def test_inductor_smoke_tiny_mlp() -> None:
     ref = _eager_reference()
     for key, value in acc.get_state_dict(model).items():
         torch.testing.assert_close(value, ref[key], rtol=1e-4, atol=1e-5)
+
+
+def test_launch_dynamo_flags_reach_the_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`overdrive launch --dynamo_*` exports Accelerate's variables; the worker's TorchDynamoPlugin reads them."""
+    from overdrive.commands.launch import build_env, parse_launch_args
+    from overdrive.utils.dataclasses import TorchDynamoPlugin
+
+    (tmp_path / "train.py").write_text("")
+    env = build_env(parse_launch_args(["--dynamo_backend", "aot_eager", "--dynamo_mode", "max-autotune",
+                                       "--dynamo_use_fullgraph", "--dynamo_use_regional_compilation",
+                                       str(tmp_path / "train.py")]))
+    assert env["ACCELERATE_DYNAMO_MODE"] == "max-autotune" and env["ACCELERATE_DYNAMO_USE_FULLGRAPH"] == "true"
+    for key, value in env.items():
+        if "DYNAMO" in key:
+            monkeypatch.setenv(key, value)
+    plugin = TorchDynamoPlugin()
+    assert (plugin.mode, plugin.fullgraph, plugin.use_regional_compilation) == ("max-autotune", True, True)
+    assert str(getattr(plugin.backend, "value", plugin.backend)).lower() == "aot_eager"
