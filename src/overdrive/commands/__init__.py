@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+from typing import Any
 
-__all__ = ["UsageError", "unknown_option_message"]
+__all__ = ["UsageError", "command_parser", "unknown_option_message"]
 
 
 class UsageError(ValueError):
@@ -25,6 +26,20 @@ class UsageError(ValueError):
         >>> str(UsageError("--num_processes=0 must be at least 1"))
         '--num_processes=0 must be at least 1'
     """
+
+
+def command_parser(subparsers: Any, name: str, text: str, **options: Any) -> argparse.ArgumentParser:
+    """The parser of ``overdrive NAME``: a sub-parser of ``overdrive`` when ``subparsers`` is given, else standalone
+    (``prog="overdrive NAME"``); ``text`` is its help and description, abbreviations of options are off.
+
+    Example:
+        >>> command_parser(None, "env", "Print things.").prog
+        'overdrive env'
+    """
+    options = {"description": text, "allow_abbrev": False, **options}
+    if subparsers is not None:
+        return subparsers.add_parser(name, help=text, **options)  # type: ignore[no-any-return]
+    return argparse.ArgumentParser(prog=f"overdrive {name}", **options)
 
 
 def unknown_option_message(parser: argparse.ArgumentParser, token: str) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import UsageError
+from . import UsageError, command_parser
 
 __all__ = [
     "ACCELERATE_KEYS",
@@ -383,10 +383,7 @@ def config_command_parser(subparsers: Any = None) -> argparse.ArgumentParser:
         'bf16'
     """
     text = "Write a config file for `overdrive launch` by answering a few questions."
-    if subparsers is not None:
-        parser = subparsers.add_parser("config", help=text, description=text, allow_abbrev=False)
-    else:
-        parser = argparse.ArgumentParser(prog="overdrive config", description=text, allow_abbrev=False)
+    parser = command_parser(subparsers, "config", text)
     where = f"file to write (default {_shown(default_config_path())})"
     parser.add_argument("--config_file", "--config-file", default=None, metavar="PATH", help=where)
     commands = parser.add_subparsers(dest="subcommand", metavar="{default,update}")

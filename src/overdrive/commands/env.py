@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import UsageError
+from . import UsageError, command_parser
 
 __all__ = ["env_command_parser", "env_main", "env_report"]
 
@@ -97,10 +97,7 @@ def env_command_parser(subparsers: Any = None) -> argparse.ArgumentParser:
         'c.yaml'
     """
     text = "Print versions, devices, backends and every setting's value with where it comes from."
-    if subparsers is not None:
-        parser = subparsers.add_parser("env", help=text, description=text, allow_abbrev=False)
-    else:
-        parser = argparse.ArgumentParser(prog="overdrive env", description=text, allow_abbrev=False)
+    parser = command_parser(subparsers, "env", text)
     parser.add_argument("--config_file", "--config-file", default=None, metavar="PATH",
                         help="config file to resolve with (default: the one `overdrive launch` would read)")
     return parser

@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import command_parser
+
 __all__ = ["ENGINES", "count_parameters", "estimate", "estimate_command_parser", "estimate_main"]
 
 ENGINES = ("DDP", "FSDP2", "ZeRO-1", "ZeRO-2", "ZeRO-3")
@@ -154,11 +156,7 @@ def estimate_command_parser(subparsers: Any = None) -> argparse.ArgumentParser:
         >>> estimate_command_parser().parse_args(["m:f"]).num_processes
         [1, 2, 8]
     """
-    kwargs: dict[str, Any] = {"description": DESCRIPTION, "allow_abbrev": False}
-    if subparsers is not None:
-        parser = subparsers.add_parser("estimate-memory", help=DESCRIPTION, **kwargs)
-    else:
-        parser = argparse.ArgumentParser(prog="overdrive estimate-memory", **kwargs)
+    parser = command_parser(subparsers, "estimate-memory", DESCRIPTION)
     parser.add_argument("model", help="MODULE:FACTORY, FILE.py:FACTORY, or a JSON file {factory, kwargs}")
     parser.add_argument("--num_processes", type=int, nargs="+", default=[1, 2, 8], help="world sizes to show")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "fp16"], choices=sorted(_HALF))

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import SETTINGS, SOURCES_VAR, Setting, resolve
-from . import UsageError, unknown_option_message
+from . import UsageError, command_parser, unknown_option_message
 
 __all__ = [
     "DEFAULT_MAIN_PROCESS_PORT",
@@ -118,13 +118,9 @@ def launch_command_parser(subparsers: Any = None) -> argparse.ArgumentParser:
     epilog = ("Precedence of every setting: flag > environment (OVERDRIVE_*, ACCELERATE_*, SLURM_*) > config file > "
               "default; `overdrive env` shows where each value comes from. torchrun's own options (--log-dir, "
               "--tee, --redirects, ...) pass through.")
-    options: dict[str, Any] = {"description": text, "epilog": epilog, "allow_abbrev": False,
-                               "formatter_class": _HelpFormatter}
+    parser = command_parser(subparsers, "launch", text, epilog=epilog, formatter_class=_HelpFormatter)
     if subparsers is not None:
-        parser = subparsers.add_parser("launch", help=text, **options)
         parser.set_defaults(func=launch_command)
-    else:
-        parser = argparse.ArgumentParser(prog="overdrive launch", **options)
 
     groups = {name: parser.add_argument_group(title) for name, title in GROUP_TITLES.items()}
     procs = groups["launch"]

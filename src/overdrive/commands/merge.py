@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import command_parser
+
 __all__ = ["merge_command_parser", "merge_main"]
 
 DESCRIPTION = "Merge the shards of an FSDP sharded checkpoint into one model.safetensors (no process group needed)."
@@ -26,11 +28,7 @@ def merge_command_parser(subparsers: Any = None) -> argparse.ArgumentParser:
         >>> merge_command_parser().prog
         'overdrive merge-weights'
     """
-    kwargs: dict[str, Any] = {"description": DESCRIPTION, "allow_abbrev": False}
-    if subparsers is not None:
-        parser = subparsers.add_parser("merge-weights", help=DESCRIPTION, **kwargs)
-    else:
-        parser = argparse.ArgumentParser(prog="overdrive merge-weights", **kwargs)
+    parser = command_parser(subparsers, "merge-weights", DESCRIPTION)
     parser.add_argument("checkpoint_directory", help="the save_state folder (or its pytorch_model_fsdp_0/ folder)")
     parser.add_argument("output_path", help="folder for model.safetensors (created if missing)")
     parser.add_argument("--unsafe_serialization", action="store_true",

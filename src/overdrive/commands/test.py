@@ -14,6 +14,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from . import command_parser
+
 __all__ = ["test_argv", "test_command_parser", "test_main"]
 
 
@@ -31,10 +33,7 @@ def test_command_parser(subparsers: Any = None) -> argparse.ArgumentParser:
         True
     """
     text = "Check the installation: a short two-process training run compared with plain PyTorch."
-    if subparsers is not None:
-        parser = subparsers.add_parser("test", help=text, description=text, allow_abbrev=False)
-    else:
-        parser = argparse.ArgumentParser(prog="overdrive test", description=text, allow_abbrev=False)
+    parser = command_parser(subparsers, "test", text)
     parser.add_argument("--config_file", "--config-file", default=None, metavar="PATH",
                         help="launch with this config file (default: two CPU processes, ignoring any default file)")
     return parser
