@@ -22,6 +22,22 @@ def summary(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "iqr": qs[2] - qs[0], "n": len(xs)}
 
 
+def median_ci(xs: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median (95 % by default): the order statistics whose ranks are
+    ``n/2 -+ z*sqrt(n)/2`` (normal approximation of the binomial; needs no assumption on the distribution).
+
+    Example:
+        >>> median_ci([float(i) for i in range(100)])
+        (40.0, 60.0)
+    """
+    xs = sorted(xs)
+    n = len(xs)
+    half = z * n ** 0.5 / 2
+    lo = max(int(n / 2 - half), 0)
+    hi = min(int(n / 2 + half + 0.999999), n - 1)
+    return xs[lo], xs[hi]
+
+
 def ratio(a: dict[str, float] | None, base: dict[str, float] | None) -> str:
     """``a``'s median over ``base``'s, as text; ``n/a`` when either is missing."""
     return "n/a" if a is None or base is None else f"{a['median'] / base['median']:.3g}x"

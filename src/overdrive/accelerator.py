@@ -80,6 +80,26 @@ def _not_implemented(name: str, value: Any) -> None:
         )
 
 
+_NULL_CONTEXT = contextlib.nullcontext()  # reusable: what accumulate() returns on a synchronising micro-step
+
+
+class _NoSync:
+    """Enters every model's ``no_sync`` context on ``__enter__`` (not when ``accumulate()`` is called)."""
+
+    __slots__ = ("_contexts", "_stack")
+
+    def __init__(self, contexts: list[contextlib.AbstractContextManager[Any]]) -> None:
+        self._contexts = contexts
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> None:
+        for context in self._contexts:
+            self._stack.enter_context(context)
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        return bool(self._stack.__exit__(*exc_info))
+
+
 class Accelerator:
     """Prepares models, optimizers, data loaders and schedulers for training on one or many processes.
 
@@ -502,14 +522,19 @@ class Accelerator:
             )
         started = time.perf_counter()
         try:
-            self._backward(loss, num_items, **kwargs)
+            if num_items is None and self.strategy.engine_backward is None and not self._item_window.active:
+                # The common step, kept to the few lookups it needs: it runs once per micro-batch.
+                steps = self.gradient_state.num_steps
+                self.precision.backward(loss / steps if steps != 1 else loss, **kwargs)
+            else:
+                self._backward(loss, num_items, **kwargs)
         finally:
             # Read by overdrive.progress: under data parallelism ranks wait for a slow one inside backward.
             self._backward_seconds += time.perf_counter() - started
             _debug.note_progress()  # the hang watchdog counts backward passes as progress
 
     def _backward(self, loss: torch.Tensor, num_items: Any, **kwargs: Any) -> None:
-        engine_backward = getattr(self.strategy, "engine_backward", None)
+        engine_backward = self.strategy.engine_backward
         if engine_backward is not None:  # DeepSpeed: the engine divides by the accumulation steps and steps itself
             if num_items is not None:
                 raise ValueError(
@@ -541,8 +566,7 @@ class Accelerator:
                 seen.setdefault(id(p), p)
         return list(seen.values())
 
-    @contextlib.contextmanager
-    def accumulate(self, *models: torch.nn.Module) -> Iterator[None]:
+    def accumulate(self, *models: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
         """Context for one micro-batch: decides whether this step synchronises and skips the all-reduce if not.
 
         The step synchronises every ``gradient_accumulation_steps`` micro-batches and on the last batch of a
@@ -558,29 +582,29 @@ class Accelerator:
             >>> acc.sync_gradients
             False
         """
-        if (self.gradient_accumulation_steps > 1 and not self.gradient_state.in_dataloader
-                and self.gradient_state.sync_with_dataloader and not self._warned_unprepared_accumulation):
+        # A plain function returning a context manager rather than a generator-based one, reading the shared
+        # gradient state once: it runs once per micro-batch, and the synchronising step (the common one) then costs
+        # one reusable null context.
+        gs = self.gradient_state
+        if (not self._warned_unprepared_accumulation and gs.num_steps > 1 and not gs.in_dataloader
+                and gs.sync_with_dataloader):
             self._warned_unprepared_accumulation = True
             warnings.warn(
                 "accumulate() is used while no prepared data loader is being iterated, so the end of an epoch cannot "
                 "force the last (incomplete) accumulation window to synchronise and step; iterate a loader returned "
-                "by accelerator.prepare(...) (this warning is shown once)", UserWarning, stacklevel=3,
+                "by accelerator.prepare(...) (this warning is shown once)", UserWarning, stacklevel=2,
             )
-        self._do_sync()
-        allow_sync = self.sync_gradients or (self.use_distributed and self.gradient_state.sync_each_batch)
-        with contextlib.ExitStack() as stack:
-            if not allow_sync:
-                for model in models:
-                    stack.enter_context(self.strategy.no_sync(model))
-            yield
-
-    def _do_sync(self) -> None:
-        if self.gradient_state.sync_with_dataloader and self.gradient_state.end_of_dataloader:
+        if gs.sync_with_dataloader and gs.end_of_dataloader:
             self.step = 0
-            self.gradient_state._set_sync_gradients(True)
+            gs._set_sync_gradients(True)
         else:
             self.step += 1
-            self.gradient_state._set_sync_gradients(self.step % self.gradient_accumulation_steps == 0)
+            gs._set_sync_gradients(self.step % gs.num_steps == 0)
+        if gs.sync_gradients or not models or (gs.sync_each_batch and self.use_distributed):
+            return _NULL_CONTEXT
+        if len(models) == 1:
+            return self.strategy.no_sync(models[0])
+        return _NoSync([self.strategy.no_sync(model) for model in models])
 
     @contextlib.contextmanager
     def no_sync(self, model: torch.nn.Module) -> Iterator[None]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .utils.dataclasses import AutocastKwargs, GradScalerKwargs
-from .utils.operations import convert_outputs_to_fp32
+from .utils.operations import convert_to_fp32
 
 __all__ = ["AutocastPrecision", "FullPrecision", "GradScalerPrecision", "Precision", "make_precision", "remove_autocast_wrapper"]
 
@@ -84,25 +84,40 @@ class AutocastPrecision(Precision):
     name = "bf16"
     dtype = torch.bfloat16
 
-    def autocast(self, autocast_handler: AutocastKwargs | None = None) -> contextlib.AbstractContextManager[Any]:
-        handler = autocast_handler or self.autocast_kwargs
+    def _autocast_arguments(self, handler: AutocastKwargs) -> dict[str, Any]:
+        # AutocastKwargs.to_kwargs() builds a default instance to compare with: done once per handler, not per call.
         kwargs = handler.to_kwargs()
         kwargs.pop("enabled", None)
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=handler.enabled, **kwargs)
+        return {"device_type": self.device.type, "dtype": self.dtype, "enabled": handler.enabled, **kwargs}
+
+    def autocast(self, autocast_handler: AutocastKwargs | None = None) -> contextlib.AbstractContextManager[Any]:
+        if autocast_handler is not None:
+            return torch.autocast(**self._autocast_arguments(autocast_handler))
+        cached = self.__dict__.get("_default_autocast")
+        if cached is None:
+            cached = self.__dict__["_default_autocast"] = self._autocast_arguments(self.autocast_kwargs)
+        return torch.autocast(**cached)
 
     def wrap_forward(self, model: torch.nn.Module) -> None:
         if hasattr(model, "_overdrive_original_forward"):
             return  # already wrapped (model prepared twice)
         original = model.forward
-        autocast = self.autocast
+        arguments = self._autocast_arguments(self.autocast_kwargs)
+        half = (torch.float16, torch.bfloat16)
 
+        # One function layer, arguments computed once: this runs on every forward call.
         def forward(self_: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-            with autocast():
-                return original(*args, **kwargs)
+            with torch.autocast(**arguments):
+                out = original(*args, **kwargs)
+            # fp32 outputs let the user's loss code stay unchanged (Accelerate's convert_outputs_to_fp32); a plain
+            # tensor, the common output, skips the walk over nested containers.
+            if isinstance(out, torch.Tensor):
+                return out.float() if out.dtype in half else out
+            return convert_to_fp32(out)
 
+        forward.__wrapped__ = original  # type: ignore[attr-defined]
         model.__dict__["_overdrive_original_forward"] = original  # read back by remove_autocast_wrapper
-        # fp32 outputs let the user's loss code stay unchanged (Accelerate's convert_outputs_to_fp32).
-        model.forward = types.MethodType(convert_outputs_to_fp32(forward), model)  # type: ignore[method-assign,assignment]
+        model.forward = types.MethodType(forward, model)  # type: ignore[method-assign]
 
 
 class GradScalerPrecision(AutocastPrecision):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -131,6 +131,10 @@ class Strategy(abc.ABC):
 
     #: False when models cannot be compiled under this strategy (the Accelerator refuses ``dynamo_backend`` early).
     supports_compile = True
+
+    #: Set (as a method) by engines that run backward themselves (DeepSpeed); ``None`` means ``Accelerator.backward``
+    #: calls the precision policy. A class attribute, so the per-step check is a plain lookup.
+    engine_backward: Callable[..., None] | None = None
 
     def __init__(
         self,
