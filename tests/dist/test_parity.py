@@ -8,6 +8,6 @@ from launching import WORKERS, torchrun
 def test_overdrive_equals_hand_written_ddp_bitwise() -> None:
     out = torchrun(WORKERS / "parity_ddp.py", nproc=2, timeout=180).stdout
     for rank in range(2):
-        for mode in ("fp32", "accum4", "bf16", "bf16_accum4"):
+        for mode in ("fp32", "accum4", "bf16", "bf16_accum4", "two_models_accum4"):
             assert f"PARITY BITWISE OK rank={rank} mode={mode}" in out, out
         assert f"ALL OK rank={rank}" in out, out

@@ -3,7 +3,7 @@
 Run under torchrun with 2 processes (gloo). For each mode (fp32, accumulation 4, bf16 autocast on CPU) every rank
 trains the same model on the same per-rank batches twice: once with plain torch (DDP, ``no_sync`` on accumulation
 micro-steps, ``torch.autocast`` around forward for bf16) and once through ``Accelerator.prepare``/``accumulate``/
-``backward``. The final state dicts must be bitwise equal (``torch.equal``). Any mismatch raises (non-zero exit).
+``backward``; then a model split in two wrapped parts, ``accumulate(first, second)`` under accumulation 4. The final state dicts must be bitwise equal (``torch.equal``). Any mismatch raises (non-zero exit).
 """
 
 from __future__ import annotations
@@ -96,6 +96,46 @@ def with_overdrive(accum: int, mixed_precision: str) -> tuple[dict[str, torch.Te
     return state, seen
 
 
+def two_models(accum: int, use_overdrive: bool) -> dict[str, torch.Tensor]:
+    """The model split in two separately wrapped parts, ``accumulate(first, second)``: ``no_sync`` on both."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    full = make_model()
+    first, second = full[:2], full[2:]  # slices share the modules and keep their keys ("0.", "2.", "4.")
+    opt = torch.optim.AdamW(full.parameters(), lr=1e-2)
+    loader = DataLoader(make_dataset(), batch_size=B, shuffle=False)
+    if use_overdrive:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        acc = Accelerator(gradient_accumulation_steps=accum,
+                          kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
+        first, second, opt, loader = acc.prepare(first, second, opt, loader)
+        for x, y in loader:
+            with acc.accumulate(first, second):
+                # On accumulation micro-steps both wrappers must skip their all-reduce.
+                assert first.require_backward_grad_sync == second.require_backward_grad_sync == acc.sync_gradients
+                acc.backward(F.mse_loss(second(first(x)), y))
+                opt.step()
+                opt.zero_grad()
+        acc.free_memory()
+    else:
+        first, second = DistributedDataParallel(first), DistributedDataParallel(second)
+        batches = list(loader)[rank::world]
+        for i, (x, y) in enumerate(batches):
+            sync = (i + 1) % accum == 0 or i == len(batches) - 1
+            with contextlib.ExitStack() as stack:
+                if not sync:
+                    stack.enter_context(first.no_sync())
+                    stack.enter_context(second.no_sync())
+                (F.mse_loss(second(first(x)), y) / accum).backward()
+            if sync:
+                opt.step()
+                opt.zero_grad()
+    state = {k: v.detach().clone() for k, v in full.state_dict().items()}
+    del first, second, opt
+    gc.collect()
+    return state
+
+
 def main() -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
@@ -108,6 +148,10 @@ def main() -> None:
         diff: dict[str, Any] = {k: (ref[k] - got[k]).abs().max().item() for k in ref if not torch.equal(ref[k], got[k])}
         assert not diff, f"rank {RANK} {name}: not bitwise equal, max abs diff per tensor {diff}"
         say(f"PARITY BITWISE OK rank={RANK} mode={name} tensors={len(ref)}")
+    ref, got = two_models(4, use_overdrive=False), two_models(4, use_overdrive=True)
+    assert list(ref) == list(got) and all(torch.equal(ref[k], got[k]) for k in ref), \
+        f"rank {RANK} two models: not bitwise equal"
+    say(f"PARITY BITWISE OK rank={RANK} mode=two_models_accum4 tensors={len(ref)}")
     dist.barrier()
     dist.destroy_process_group()
     say(f"ALL OK rank={RANK}")
