@@ -636,6 +636,63 @@ def _rotate(root: Path, total_limit: int, newest: Path, required: Sequence[str])
         shutil.rmtree(path)
 
 
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)")  # the hidden folders of a save in progress
+_STALE_AFTER_S = 300.0  # a leftover untouched this long, whose writer is not running here, is swept
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _newest_mtime(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    for path in folder.rglob("*"):
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            continue  # removed while we looked
+    return max(times)
+
+
+def _sweep_stale(root: Path) -> list[Path]:
+    """Remove the hidden ``.{name}.tmp-{pid}`` / ``.{name}.old-{pid}`` folders that crashed saves left in ``root``.
+
+    Only folders named exactly as this module names them, whose writing process (the pid in the name) is not alive on
+    this host, that no background save of this process still writes, and in which nothing changed for
+    ``_STALE_AFTER_S`` seconds: a save of another job, or of another node on a shared filesystem, is never touched.
+    Called by the writer after each commit. Returns what it removed.
+
+    Example:
+        >>> import tempfile
+        >>> _sweep_stale(Path(tempfile.mkdtemp()))
+        []
+    """
+    pending = {save.tmp for save in _PENDING}
+    removed = []
+    now = time.time()
+    for entry in root.iterdir():
+        match = _LEFTOVER.fullmatch(entry.name)
+        if match is None or entry in pending or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            if _pid_alive(int(match["pid"])) or now - _newest_mtime(entry) < _STALE_AFTER_S:
+                continue
+            shutil.rmtree(entry)
+        except OSError as err:
+            logger.warning(f"could not remove the leftover of an interrupted save {str(entry)!r}: {err}")
+            continue
+        removed.append(entry)
+    if removed:
+        logger.info(f"Removed {len(removed)} leftover folder(s) of interrupted saves: {[p.name for p in removed]}")
+    return removed
+
+
 def _user_models(acc: Accelerator) -> list[torch.nn.Module]:
     """The user's modules inside the strategy wrappers: Accelerate's files and hooks use their keys (no ``module.``)."""
     # keep_torch_compile=False: a model the user wrapped in torch.compile loads plain keys (no ``_orig_mod.``) too
@@ -703,6 +760,7 @@ class _Save:
         _commit(self.tmp, self.target, self.token, self.meta)
         if self.config.automatic_checkpoint_naming and self.config.total_limit is not None:
             _rotate(self.target.parent, self.config.total_limit, self.target, self.required)
+        _sweep_stale(self.target.parent)
 
     def finish_at_exit(self, timeout: float) -> None:
         """Commit without collectives: every rank drops a done-file, the writer polls for all of them (bounded)."""

@@ -308,6 +308,41 @@ def test_automatic_naming_rotation_and_newest_complete(tmp_path: Path) -> None:
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint_4", "checkpoint_5", "checkpoint_9"]
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_interrupted_saves_are_swept_and_nothing_else(tmp_path: Path) -> None:
+    config = ProjectConfiguration(project_dir=str(tmp_path), automatic_checkpoint_naming=True)
+    acc = build(overdrive, project_config=config)[0]
+    root = tmp_path / "checkpoints"
+    root.mkdir()
+    dead, old = _dead_pid(), 1_000_000_000.0  # a finished process; a 2001 timestamp
+    folders = {
+        "stale_tmp": root / f".checkpoint_0.tmp-{dead}",  # crashed writer, untouched for long: swept
+        "stale_old": root / f".checkpoint_0.old-{dead}",  # crashed inside a commit: swept
+        "fresh": root / f".checkpoint_1.tmp-{dead}",  # dead writer but written to a moment ago: kept
+        "alive": root / f".checkpoint_2.tmp-{os.getpid()}",  # its writer runs: kept
+        "other": root / ".notes.tmp-x",  # not named as a save's folder: kept
+        "user": root / "my_data",
+    }
+    for folder in folders.values():
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "model.safetensors").write_bytes(b"partial")
+    for key in ("stale_tmp", "stale_old", "alive", "other", "user"):
+        for path in (folders[key] / "sub" / "model.safetensors", folders[key] / "sub", folders[key]):
+            os.utime(path, (old, old))
+    assert acc.save_state() == root / "checkpoint_0"
+    left = {key for key, folder in folders.items() if folder.exists()}
+    assert left == {"fresh", "alive", "other", "user"}
+    assert (root / "checkpoint_0" / COMPLETE_MARKER).is_file()
+
+
 def test_hooks_see_models_weights_and_folder(tmp_path: Path) -> None:
     acc = Accelerator()
     model = acc.prepare(torch.nn.Linear(2, 2))
