@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "InitProcessGroupKwargs": "overdrive.utils.dataclasses",
     "GradScalerKwargs": "overdrive.utils.dataclasses",
     "AutocastKwargs": "overdrive.utils.dataclasses",
+    "ProfileKwargs": "overdrive.utils.dataclasses",
     "GradientAccumulationPlugin": "overdrive.utils.dataclasses",
     "ProjectConfiguration": "overdrive.utils.dataclasses",
     "FullyShardedDataParallelPlugin": "overdrive.utils.dataclasses",
@@ -94,6 +95,7 @@ if TYPE_CHECKING:
         GradientAccumulationPlugin,
         GradScalerKwargs,
         InitProcessGroupKwargs,
+        ProfileKwargs,
         ProjectConfiguration,
     )
     from .utils.memory import find_executable_batch_size

@@ -52,6 +52,7 @@ from .utils.dataclasses import (
     GradScalerKwargs,
     InitProcessGroupKwargs,
     KwargsHandler,
+    ProfileKwargs,
     ProjectConfiguration,
     TorchDynamoPlugin,
 )
@@ -69,6 +70,7 @@ _HANDLER_SLOTS: dict[type, str] = {
     GradScalerKwargs: "scaler_handler",
     InitProcessGroupKwargs: "init_handler",
     AutocastKwargs: "autocast_handler",
+    ProfileKwargs: "profile_handler",
 }
 
 
@@ -176,6 +178,7 @@ class Accelerator:
         self.scaler_handler: GradScalerKwargs | None = handlers.get("scaler_handler")
         self.init_handler: InitProcessGroupKwargs | None = handlers.get("init_handler")
         self.autocast_handler: AutocastKwargs | None = handlers.get("autocast_handler")
+        self.profile_handler: ProfileKwargs | None = handlers.get("profile_handler")
         self.project_configuration = project_config or ProjectConfiguration(project_dir=_opt_str(project_dir))
         if project_dir is not None and project_config is not None:
             self.project_configuration.set_directories(_opt_str(project_dir))
@@ -266,6 +269,158 @@ class Accelerator:
     def use_distributed(self) -> bool:
         """True when more than one process takes part."""
         return self.state.use_distributed
+
+    @property
+    def multi_device(self) -> bool:
+        """True when several accelerator devices (not CPU processes) take part, as Accelerate's ``multi_device``.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().multi_device
+            False
+        """
+        return self.use_distributed and self.device.type != "cpu"
+
+    @property
+    def is_fsdp2(self) -> bool:
+        """True when models are sharded with FSDP2 (overdrive's only FSDP version).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().is_fsdp2
+            False
+        """
+        return self.strategy.is_fsdp2
+
+    @property
+    def is_composable_parallelism_enabled(self) -> bool:
+        """Accelerate's name for "FSDP2 is used" (composable ``fully_shard``).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().is_composable_parallelism_enabled
+            False
+        """
+        return self.is_fsdp2
+
+    @property
+    def parallelism_config(self) -> None:
+        """Always ``None``: N-D parallelism (``ParallelismConfig``) is not implemented; data parallel, FSDP2 and
+        DeepSpeed are configured by their plugins.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().parallelism_config is None
+            True
+        """
+        return None
+
+    @property
+    def torch_device_mesh(self) -> None:
+        """Always ``None`` (no ``ParallelismConfig``, see :attr:`parallelism_config`).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().torch_device_mesh is None
+            True
+        """
+        return None
+
+    @property
+    def should_save_model(self) -> bool:
+        """Whether this process should write model files: each node's local main process, as Accelerate answers
+        without a ``ParallelismConfig`` (``save_model`` and ``save_state`` decide for themselves).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().should_save_model
+            True
+        """
+        return self.is_local_main_process
+
+    @property
+    def use_stateful_dataloader(self) -> bool:
+        """Whether prepared loaders are ``torchdata`` ``StatefulDataLoader`` s (``DataLoaderConfiguration``).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().use_stateful_dataloader
+            False
+        """
+        return bool(self.dataloader_config.use_stateful_dataloader)
+
+    def _parallel_rank(self, kind: str) -> int:
+        raise RuntimeError(
+            f"{kind} parallelism is not configured: overdrive has no ParallelismConfig (parallelism_config is None); "
+            "under data parallelism use accelerator.process_index"
+        )
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """Raises, as Accelerate does without a ``ParallelismConfig``; use :attr:`process_index`.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().process_index
+            0
+        """
+        return self._parallel_rank("Data")
+
+    @property
+    def data_parallel_shard_rank(self) -> int:
+        """Raises, as Accelerate does without a ``ParallelismConfig``; use :attr:`process_index`.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().process_index
+            0
+        """
+        return self._parallel_rank("Shard-based data")
+
+    @property
+    def tensor_parallel_rank(self) -> int:
+        """Raises, as Accelerate does without a ``ParallelismConfig`` (tensor parallelism is not implemented).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().process_index
+            0
+        """
+        return self._parallel_rank("Tensor")
+
+    @property
+    def pipeline_parallel_rank(self) -> int:
+        """Raises ``NotImplementedError``: pipeline parallelism is not implemented (nor in Accelerate).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().process_index
+            0
+        """
+        raise NotImplementedError("pipeline parallelism is not implemented; there is no pipeline_parallel_rank")
+
+    @property
+    def context_parallel_rank(self) -> int:
+        """Raises ``NotImplementedError``: context parallelism is not implemented.
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> Accelerator().process_index
+            0
+        """
+        raise NotImplementedError("context parallelism is not implemented; there is no context_parallel_rank")
+
+    def verify_device_map(self, model: torch.nn.Module) -> bool:
+        """True when ``model`` (or a submodule) was dispatched over several devices (an ``hf_device_map`` with more
+        than one entry): such a model must not be prepared for distributed training.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> Accelerator().verify_device_map(torch.nn.Linear(1, 1))
+            False
+        """
+        return any(len(getattr(m, "hf_device_map", None) or {}) > 1 for m in model.modules())
 
     @property
     def mixed_precision(self) -> str:
@@ -652,6 +807,51 @@ class Accelerator:
                 sampler.even_batches = value
 
     @contextlib.contextmanager
+    def profile(self, profile_handler: ProfileKwargs | None = None) -> Iterator[Any]:
+        """Run the block under ``torch.profiler.profile`` (settings: ``profile_handler``, else the ``ProfileKwargs``
+        passed in ``kwargs_handlers``, else torch's defaults) and yield the profiler. With ``output_trace_dir`` every
+        process writes ``profile_{process_index}.json`` there at the end, then the processes wait for each other.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> with Accelerator().profile() as prof:
+            ...     _ = torch.ones(4) * 2
+            >>> len(prof.key_averages()) > 0
+            True
+        """
+        handler = profile_handler or self.profile_handler or ProfileKwargs()
+        with handler.build() as profiler:
+            yield profiler
+        if handler.output_trace_dir is not None:
+            os.makedirs(handler.output_trace_dir, exist_ok=True)
+            profiler.export_chrome_trace(os.path.join(handler.output_trace_dir, f"profile_{self.process_index}.json"))
+            self.wait_for_everyone()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def trigger_sync_in_backward(model: torch.nn.Module) -> Iterator[None]:
+        """Make the next backward of ``model`` all-reduce gradients although its forward ran under :meth:`no_sync`.
+
+        For loops that run several forwards without synchronisation and then want one backward to reduce everything
+        accumulated so far. Without data parallelism (or for other engines) this does nothing.
+
+        Example:
+            >>> import torch
+            >>> from overdrive import Accelerator
+            >>> acc = Accelerator()
+            >>> model = acc.prepare(torch.nn.Linear(2, 1))
+            >>> with acc.no_sync(model):
+            ...     loss = model(torch.ones(1, 2)).sum()
+            >>> with acc.trigger_sync_in_backward(model):
+            ...     acc.backward(loss)
+        """
+        from .strategies.ddp import force_sync
+
+        with force_sync(model):
+            yield
+
+    @contextlib.contextmanager
     def autocast(self, autocast_handler: AutocastKwargs | None = None) -> Iterator[None]:
         """Run the block under the mixed-precision autocast (a no-op for fp32).
 
@@ -1027,6 +1227,16 @@ class Accelerator:
             ... def log(): return 1
         """
         return self.state.on_process(function, process_index=process_index)
+
+    def on_local_process(self, function: F | None = None, local_process_index: int | None = None) -> F:
+        """Decorator: run only on the process with node-local rank ``local_process_index`` (on every node).
+
+        Example:
+            >>> from overdrive import Accelerator
+            >>> @Accelerator().on_local_process(local_process_index=0)
+            ... def log(): return 1
+        """
+        return self.state.on_local_process(function, local_process_index=local_process_index)
 
     def on_last_process(self, function: F) -> F:
         """Decorator: run only on the last process.

@@ -315,6 +315,36 @@ class PartialState:
             return partial(self.on_local_main_process)  # type: ignore[return-value]
         return self._run_if(function, lambda: self.is_local_main_process)
 
+    def on_local_process(self, function: F | None = None, local_process_index: int | None = None) -> F:
+        """Decorator: run ``function`` only on the process with node-local rank ``local_process_index`` (every node).
+
+        Example:
+            >>> @PartialState().on_local_process(local_process_index=0)
+            ... def hello():
+            ...     return "hi"
+        """
+        if function is None:
+            return partial(self.on_local_process, local_process_index=local_process_index)  # type: ignore[return-value]
+        if local_process_index is None:
+            raise ValueError(
+                "on_local_process needs local_process_index=<local rank>, e.g. @state.on_local_process(local_process_index=1)"
+            )
+        return self._run_if(function, lambda: self.local_process_index == local_process_index)
+
+    def set_device(self) -> None:
+        """Make this process's device the current one of its backend (``torch.cuda.set_device`` on GPUs; nothing to do
+        on the CPU). Called for you when the state is created; kept for scripts that call it.
+
+        Example:
+            >>> PartialState().set_device()
+        """
+        device = self.device
+        if device.type == "cpu" or device.index is None:
+            return
+        module = getattr(torch, device.type, None)
+        if module is not None and hasattr(module, "set_device"):
+            module.set_device(device)
+
     def on_last_process(self, function: F) -> F:
         """Decorator: run ``function`` only on the last process.
 

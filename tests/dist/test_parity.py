@@ -10,4 +10,5 @@ def test_overdrive_equals_hand_written_ddp_bitwise() -> None:
     for rank in range(2):
         for mode in ("fp32", "accum4", "bf16", "bf16_accum4", "two_models_accum4"):
             assert f"PARITY BITWISE OK rank={rank} mode={mode}" in out, out
+        assert f"TRIGGER SYNC OK rank={rank}" in out, out
         assert f"ALL OK rank={rank}" in out, out

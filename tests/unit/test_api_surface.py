@@ -31,13 +31,16 @@ ACCELERATOR_METHODS = [
     "on_main_process", "on_local_main_process", "on_process", "on_last_process", "split_between_processes",
     "print", "skip_first_batches", "join_uneven_inputs", "save_state", "load_state", "register_for_checkpointing",
     "register_save_state_pre_hook", "register_load_state_pre_hook", "set_trigger", "check_trigger", "unscale_gradients", "end_training",
-    "init_trackers", "get_tracker", "log",
+    "init_trackers", "get_tracker", "log", "on_local_process", "profile", "trigger_sync_in_backward",
+    "verify_device_map",
 ]
 ACCELERATOR_PROPERTIES = [
     "device", "process_index", "local_process_index", "num_processes", "is_main_process", "is_local_main_process",
     "is_last_process", "distributed_type", "mixed_precision", "gradient_accumulation_steps", "sync_gradients",
     "use_distributed", "optimizer_step_was_skipped", "split_batches", "even_batches", "use_seedable_sampler",
-    "non_blocking", "project_dir", "logging_dir",
+    "non_blocking", "project_dir", "logging_dir", "multi_device", "is_fsdp2", "is_composable_parallelism_enabled",
+    "parallelism_config", "torch_device_mesh", "should_save_model", "use_stateful_dataloader", "data_parallel_rank",
+    "data_parallel_shard_rank", "tensor_parallel_rank", "pipeline_parallel_rank", "context_parallel_rank",
 ]
 UTILS_FUNCTIONS = [
     "set_seed", "gather", "gather_object", "reduce", "broadcast", "broadcast_object_list", "pad_across_processes",
@@ -49,11 +52,12 @@ UTILS_FUNCTIONS = [
 DATACLASSES = [
     "DataLoaderConfiguration", "GradientAccumulationPlugin", "DistributedDataParallelKwargs", "InitProcessGroupKwargs",
     "GradScalerKwargs", "ProjectConfiguration", "AutocastKwargs", "FullyShardedDataParallelPlugin", "DeepSpeedPlugin",
-    "TorchDynamoPlugin",
+    "TorchDynamoPlugin", "ProfileKwargs",
 ]
 STATE_METHODS = [
     "__init__", "wait_for_everyone", "main_process_first", "local_main_process_first", "on_main_process",
     "on_local_main_process", "on_process", "on_last_process", "split_between_processes", "print",
+    "on_local_process", "set_device",
 ]
 
 
@@ -198,7 +202,7 @@ def test_public_api_is_frozen() -> None:
         "Accelerator", "AcceleratorState", "AutocastKwargs", "DataLoaderConfiguration", "DeepSpeedPlugin",
         "DistributedDataParallelKwargs", "DistributedType", "FullyShardedDataParallelPlugin",
         "GradScalerKwargs", "GradientAccumulationPlugin", "GradientState", "InitProcessGroupKwargs", "PartialState",
-        "ProjectConfiguration", "debug_launcher", "find_executable_batch_size", "get_logger", "notebook_launcher",
+        "ProfileKwargs", "ProjectConfiguration", "debug_launcher", "find_executable_batch_size", "get_logger", "notebook_launcher",
         "send_to_device", "set_seed", "skip_first_batches", "__version__",
     ] + BIG_MODELING_NAMES)
     for name in overdrive.__all__:

@@ -129,6 +129,9 @@ class Strategy(abc.ABC):
     def distributed_type(self) -> DistributedType:
         """What ``Accelerator.distributed_type`` reports for this strategy."""
 
+    #: True for the FSDP2 strategy (``Accelerator.is_fsdp2``).
+    is_fsdp2 = False
+
     #: False when models cannot be compiled under this strategy (the Accelerator refuses ``dynamo_backend`` early).
     supports_compile = True
 

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -80,3 +81,27 @@ class DDPStrategy(Strategy):
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def force_sync(model: torch.nn.Module) -> Iterator[None]:
+    """Context in which ``model``'s next backward all-reduces gradients although its forward ran under ``no_sync``
+    (``Accelerator.trigger_sync_in_backward``); a no-op for anything but a ``DistributedDataParallel`` wrapper.
+
+    Example:
+        >>> with force_sync(torch.nn.Linear(1, 1)):
+        ...     pass
+    """
+    if not isinstance(model, DistributedDataParallel):
+        yield
+        return
+    # A forward under no_sync did not arm the reducer for the next backward; arming it by hand (what a synchronising
+    # forward does) makes that backward all-reduce every gradient accumulated so far.
+    saved = model.require_backward_grad_sync, model.require_forward_param_sync
+    model.require_backward_grad_sync = True
+    model.require_forward_param_sync = True
+    model.reducer.prepare_for_backward([])
+    try:
+        yield
+    finally:
+        model.require_backward_grad_sync, model.require_forward_param_sync = saved

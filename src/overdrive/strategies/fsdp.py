@@ -70,6 +70,8 @@ class FSDP2Strategy(Strategy):
         (<DistributedType.FSDP: 'FSDP'>, True)
     """
 
+    is_fsdp2 = True
+
     owns_checkpoint_files = True
 
     def __init__(

@@ -193,6 +193,71 @@ class AutocastKwargs(KwargsHandler):
 
 
 @dataclass
+class ProfileKwargs(KwargsHandler):
+    """Settings of ``torch.profiler.profile`` for ``Accelerator.profile()`` (Accelerate's fields).
+
+    ``activities``: names among ``"cpu"``, ``"cuda"``, ``"xpu"`` (``None``: torch's default); ``schedule_option``: the
+    keyword arguments of ``torch.profiler.schedule`` (``wait``, ``warmup``, ``active``, ``repeat``, ``skip_first``);
+    ``output_trace_dir``: where each process writes ``profile_{process_index}.json`` (a Chrome trace) at the end.
+
+    Example:
+        >>> ProfileKwargs(activities=["cpu"], record_shapes=True).to_kwargs()
+        {'activities': ['cpu'], 'record_shapes': True}
+    """
+
+    activities: list[str] | None = None
+    schedule_option: dict[str, int] | None = None
+    on_trace_ready: Callable[..., Any] | None = None
+    record_shapes: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+    with_flops: bool = False
+    with_modules: bool = False
+    output_trace_dir: str | None = None
+
+    _ACTIVITIES = ("cpu", "cuda", "xpu")
+
+    def __post_init__(self) -> None:
+        if self.activities is not None:
+            bad = [a for a in self.activities if a not in self._ACTIVITIES]
+            if isinstance(self.activities, str) or bad:
+                raise ValueError(
+                    f"ProfileKwargs(activities={self.activities!r}): each activity must be one of "
+                    f"{list(self._ACTIVITIES)}, given as a list, e.g. activities=['cpu']"
+                )
+        if self.schedule_option is not None:
+            allowed = {"wait", "warmup", "active", "repeat", "skip_first"}
+            unknown = sorted(set(self.schedule_option) - allowed)
+            if unknown:
+                raise ValueError(
+                    f"ProfileKwargs(schedule_option={self.schedule_option!r}): unknown key(s) {unknown}; "
+                    f"torch.profiler.schedule takes {sorted(allowed)}"
+                )
+        for name in ("record_shapes", "profile_memory", "with_stack", "with_flops", "with_modules"):
+            _check_bool("ProfileKwargs", name, getattr(self, name))
+
+    def build(self) -> Any:
+        """The ``torch.profiler.profile`` object these settings describe.
+
+        Example:
+            >>> with ProfileKwargs(activities=["cpu"]).build() as prof:
+            ...     pass
+        """
+        import torch.profiler
+
+        kinds = {"cpu": "CPU", "cuda": "CUDA", "xpu": "XPU"}
+        activities = None
+        if self.activities is not None:
+            activities = [getattr(torch.profiler.ProfilerActivity, kinds[a]) for a in self.activities]
+        schedule = torch.profiler.schedule(**self.schedule_option) if self.schedule_option is not None else None
+        return torch.profiler.profile(
+            activities=activities, schedule=schedule, on_trace_ready=self.on_trace_ready,
+            record_shapes=self.record_shapes, profile_memory=self.profile_memory, with_stack=self.with_stack,
+            with_flops=self.with_flops, with_modules=self.with_modules,
+        )
+
+
+@dataclass
 class DistributedDataParallelKwargs(KwargsHandler):
     """Arguments for ``torch.nn.parallel.DistributedDataParallel``.
 

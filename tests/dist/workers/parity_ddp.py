@@ -136,6 +136,42 @@ def two_models(accum: int, use_overdrive: bool) -> dict[str, torch.Tensor]:
     return state
 
 
+def trigger_sync_check() -> None:
+    """Two forwards under no_sync, the second backward under trigger_sync_in_backward: the gradients become the
+    all-rank mean of both micro-batches' gradients, as a single-process loop over every rank's batches computes."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
+    model = acc.prepare(make_model())
+    xs, ys = make_dataset().tensors
+
+    def batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return xs[i * B:(i + 1) * B], ys[i * B:(i + 1) * B]
+
+    with acc.no_sync(model):
+        acc.backward(F.mse_loss(model(batch(rank)[0]), batch(rank)[1]))
+    first = model.module[0].weight.grad.clone()
+    with acc.no_sync(model):
+        loss_b = F.mse_loss(model(batch(world + rank)[0]), batch(world + rank)[1])
+    with acc.trigger_sync_in_backward(model):
+        acc.backward(loss_b)
+    got = [p.grad for p in model.module.parameters()]
+
+    reference = make_model()
+    for r in range(world):
+        for i in (r, world + r):
+            (F.mse_loss(reference(batch(i)[0]), batch(i)[1]) / world).backward()
+    ref = [p.grad for p in reference.parameters()]
+    worst = max((a - b).abs().max().item() for a, b in zip(got, ref))
+    assert worst < 1e-6, f"rank {RANK} trigger_sync_in_backward: max abs diff {worst} to the all-rank reference"
+    firsts = [torch.empty_like(first) for _ in range(world)]
+    dist.all_gather(firsts, first)
+    assert not torch.equal(firsts[0], firsts[1]), "the first backward under no_sync was already synchronised"
+    acc.free_memory()
+    say(f"TRIGGER SYNC OK rank={RANK} max_abs_diff={worst:.2e}")
+
+
 def main() -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
@@ -152,6 +188,7 @@ def main() -> None:
     assert list(ref) == list(got) and all(torch.equal(ref[k], got[k]) for k in ref), \
         f"rank {RANK} two models: not bitwise equal"
     say(f"PARITY BITWISE OK rank={RANK} mode=two_models_accum4 tensors={len(ref)}")
+    trigger_sync_check()
     dist.barrier()
     dist.destroy_process_group()
     say(f"ALL OK rank={RANK}")
