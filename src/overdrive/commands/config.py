@@ -229,6 +229,30 @@ def basic_config(mixed_precision: str = "no", gpus: int | None = None) -> dict[s
     }
 
 
+def write_basic_config(mixed_precision: str = "no", save_location: str | None = None) -> Path | bool:
+    """Write :func:`basic_config` to ``save_location`` (default: the default config file) unless a file is there.
+
+    Accelerate's ``write_basic_config`` (notebooks call it before launching). An existing file is never replaced:
+    the function then says so and returns ``False``; otherwise it returns the path written.
+
+    Example:
+        >>> import contextlib, io, tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = write_basic_config("bf16", save_location=str(Path(d, "c.yaml")))
+        ...     first = path.is_file()
+        ...     with contextlib.redirect_stdout(io.StringIO()):
+        ...         again = write_basic_config(save_location=str(path))
+        >>> first, again
+        (True, False)
+    """
+    path = Path(save_location).expanduser() if save_location is not None else default_config_path()
+    if path.exists():
+        print(f"Configuration already exists at {path}, not replaced; run `overdrive config` or pass another "
+              "save_location")
+        return False
+    return save_config(basic_config(mixed_precision), path)
+
+
 # -- the questionnaire --------------------------------------------------------------------------------------------
 
 

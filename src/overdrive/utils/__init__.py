@@ -96,6 +96,23 @@ __all__ = [
     "wait_for_everyone",
 ]
 
+_IMPORT_CHECKS = (
+    "is_4bit_bnb_available", "is_8bit_bnb_available", "is_aim_available", "is_amdsmi_available", "is_bf16_available",
+    "is_bitsandbytes_multi_backend_available", "is_bnb_available", "is_boto3_available", "is_clearml_available",
+    "is_comet_ml_available", "is_cuda_available", "is_datasets_available", "is_deepspeed_available",
+    "is_dvclive_available", "is_fp16_available", "is_fp8_available", "is_habana_gaudi1", "is_hpu_available",
+    "is_import_timer_available", "is_lomo_available", "is_matplotlib_available", "is_megatron_lm_available",
+    "is_mlflow_available", "is_mlu_available", "is_mps_available", "is_msamp_available", "is_musa_available",
+    "is_neuron_available", "is_npu_available", "is_pandas_available", "is_peft_available", "is_pippy_available",
+    "is_pynvml_available", "is_pytest_available", "is_rich_available", "is_rocm_available", "is_sagemaker_available",
+    "is_schedulefree_available", "is_sdaa_available", "is_swanlab_available", "is_tensorboard_available",
+    "is_timm_available", "is_torch_xla_available", "is_torchao_available", "is_torchdata_available",
+    "is_torchdata_stateful_dataloader_available", "is_torchvision_available", "is_trackio_available",
+    "is_transformer_engine_available", "is_transformer_engine_mxfp8_available", "is_transformers_available",
+    "is_triton_available", "is_wandb_available", "is_weights_only_available", "is_xccl_available",
+    "is_xpu_available",
+)
+
 # Big-model helpers (docs/big-models.md) at Accelerate's ``accelerate.utils`` names, loaded on first use: state.py
 # imports this package while it loads, and these modules need not come with it.
 _LAZY_EXPORTS: dict[str, str] = {
@@ -118,6 +135,27 @@ _LAZY_EXPORTS: dict[str, str] = {
     ),
     # DeepSpeed placeholders for an optimizer/scheduler the DeepSpeed config defines (as in accelerate.utils)
     **dict.fromkeys(("DummyOptim", "DummyScheduler"), "overdrive.utils.deepspeed"),
+    # Availability checks, versions, environment helpers, checkpoint file names, small helpers (Accelerate's names)
+    **dict.fromkeys(_IMPORT_CHECKS, "overdrive.utils.imports"),
+    **dict.fromkeys(("compare_versions", "is_torch_version"), "overdrive.utils.versions"),
+    **dict.fromkeys(
+        ("clear_environment", "get_int_from_env", "parse_choice_from_env", "parse_flag_from_env", "patch_environment",
+         "str_to_bool"),
+        "overdrive.utils.environment",
+    ),
+    **dict.fromkeys(
+        ("MODEL_NAME", "OPTIMIZER_NAME", "PROFILE_PATTERN_NAME", "RNG_STATE_NAME", "SAFE_MODEL_NAME",
+         "SAFE_WEIGHTS_INDEX_NAME", "SAFE_WEIGHTS_NAME", "SAFE_WEIGHTS_PATTERN_NAME", "SAMPLER_NAME", "SCALER_NAME",
+         "SCHEDULER_NAME", "WEIGHTS_INDEX_NAME", "WEIGHTS_NAME", "WEIGHTS_PATTERN_NAME"),
+        "overdrive.utils.constants",
+    ),
+    **dict.fromkeys(
+        ("convert_bytes", "get_pretty_name", "id_tensor_storage", "is_compiled_module", "is_peft_model",
+         "is_port_in_use", "merge_dicts", "recursive_getattr"),
+        "overdrive.utils.other",
+    ),
+    **dict.fromkeys(("is_namedtuple", "is_torch_tensor", "listify"), "overdrive.utils.operations"),
+    "write_basic_config": "overdrive.commands.config",
 }
 __all__ += sorted(_LAZY_EXPORTS)
 
