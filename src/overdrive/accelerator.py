@@ -82,6 +82,23 @@ def _not_implemented(name: str, value: Any) -> None:
         )
 
 
+
+def _unconfigured_rank(kind: str, error: type[Exception] = RuntimeError) -> property:
+    """A read-only ``{kind}_parallel_rank`` property that raises ``error``: overdrive has no ``ParallelismConfig``."""
+
+    def rank(self: Any) -> int:
+        raise error(
+            f"{kind} parallelism is not configured: overdrive has no ParallelismConfig (parallelism_config is None); "
+            "under data parallelism use accelerator.process_index"
+        )
+
+    rank.__doc__ = (
+        f"Raises {error.__name__}: {kind} parallelism needs a ``ParallelismConfig``, which overdrive does not have "
+        "(as Accelerate without one); use :attr:`process_index`.\n\nExample:\n    >>> from overdrive import "
+        "Accelerator\n    >>> Accelerator().process_index\n    0\n"
+    )
+    return property(rank)
+
 _NULL_CONTEXT = contextlib.nullcontext()  # reusable: what accumulate() returns on a synchronising micro-step
 
 
@@ -349,66 +366,12 @@ class Accelerator:
         """
         return bool(self.dataloader_config.use_stateful_dataloader)
 
-    def _parallel_rank(self, kind: str) -> int:
-        raise RuntimeError(
-            f"{kind} parallelism is not configured: overdrive has no ParallelismConfig (parallelism_config is None); "
-            "under data parallelism use accelerator.process_index"
-        )
-
-    @property
-    def data_parallel_rank(self) -> int:
-        """Raises, as Accelerate does without a ``ParallelismConfig``; use :attr:`process_index`.
-
-        Example:
-            >>> from overdrive import Accelerator
-            >>> Accelerator().process_index
-            0
-        """
-        return self._parallel_rank("Data")
-
-    @property
-    def data_parallel_shard_rank(self) -> int:
-        """Raises, as Accelerate does without a ``ParallelismConfig``; use :attr:`process_index`.
-
-        Example:
-            >>> from overdrive import Accelerator
-            >>> Accelerator().process_index
-            0
-        """
-        return self._parallel_rank("Shard-based data")
-
-    @property
-    def tensor_parallel_rank(self) -> int:
-        """Raises, as Accelerate does without a ``ParallelismConfig`` (tensor parallelism is not implemented).
-
-        Example:
-            >>> from overdrive import Accelerator
-            >>> Accelerator().process_index
-            0
-        """
-        return self._parallel_rank("Tensor")
-
-    @property
-    def pipeline_parallel_rank(self) -> int:
-        """Raises ``NotImplementedError``: pipeline parallelism is not implemented (nor in Accelerate).
-
-        Example:
-            >>> from overdrive import Accelerator
-            >>> Accelerator().process_index
-            0
-        """
-        raise NotImplementedError("pipeline parallelism is not implemented; there is no pipeline_parallel_rank")
-
-    @property
-    def context_parallel_rank(self) -> int:
-        """Raises ``NotImplementedError``: context parallelism is not implemented.
-
-        Example:
-            >>> from overdrive import Accelerator
-            >>> Accelerator().process_index
-            0
-        """
-        raise NotImplementedError("context parallelism is not implemented; there is no context_parallel_rank")
+    # N-D parallelism ranks: without a ParallelismConfig Accelerate raises for each; so does overdrive, naming the fix.
+    data_parallel_rank = _unconfigured_rank("data")
+    data_parallel_shard_rank = _unconfigured_rank("shard-based data")
+    tensor_parallel_rank = _unconfigured_rank("tensor")
+    pipeline_parallel_rank = _unconfigured_rank("pipeline", NotImplementedError)
+    context_parallel_rank = _unconfigured_rank("context", NotImplementedError)
 
     def verify_device_map(self, model: torch.nn.Module) -> bool:
         """True when ``model`` (or a submodule) was dispatched over several devices (an ``hf_device_map`` with more

@@ -212,55 +212,24 @@ def _extension_device(module: str, attribute: str, check_device: bool) -> bool:
     return not check_device or backend.device_count() > 0
 
 
-def is_npu_available(check_device: bool = False) -> bool:
-    """True when ``torch_npu`` (Ascend) is installed and sees a device.
 
-    Example:
-        >>> isinstance(is_npu_available(), bool)
-        True
-    """
-    return _extension_device("torch_npu", "npu", check_device)
+def _device_check(public: str, module: str, attribute: str, maker: str) -> Callable[..., bool]:
+    def check(check_device: bool = False) -> bool:
+        return _extension_device(module, attribute, check_device)
 
-
-def is_mlu_available(check_device: bool = False) -> bool:
-    """True when ``torch_mlu`` (Cambricon) is installed and sees a device.
-
-    Example:
-        >>> isinstance(is_mlu_available(), bool)
-        True
-    """
-    return _extension_device("torch_mlu", "mlu", check_device)
+    check.__name__ = check.__qualname__ = public
+    check.__doc__ = (
+        f"True when ``{module}`` ({maker}) is installed and torch sees a ``{attribute}`` device (with "
+        f"``check_device``, at least one).\n\nExample:\n    >>> isinstance({public}(), bool)\n    True\n"
+    )
+    return check
 
 
-def is_musa_available(check_device: bool = False) -> bool:
-    """True when ``torch_musa`` (Moore Threads) is installed and sees a device.
-
-    Example:
-        >>> isinstance(is_musa_available(), bool)
-        True
-    """
-    return _extension_device("torch_musa", "musa", check_device)
-
-
-def is_sdaa_available(check_device: bool = False) -> bool:
-    """True when ``torch_sdaa`` is installed and sees a device.
-
-    Example:
-        >>> isinstance(is_sdaa_available(), bool)
-        True
-    """
-    return _extension_device("torch_sdaa", "sdaa", check_device)
-
-
-def is_neuron_available(check_device: bool = False) -> bool:
-    """True when ``torch_neuronx`` is installed and sees a device.
-
-    Example:
-        >>> isinstance(is_neuron_available(), bool)
-        True
-    """
-    return _extension_device("torch_neuronx", "neuron", check_device)
-
+is_npu_available = _device_check("is_npu_available", "torch_npu", "npu", "Ascend")
+is_mlu_available = _device_check("is_mlu_available", "torch_mlu", "mlu", "Cambricon")
+is_musa_available = _device_check("is_musa_available", "torch_musa", "musa", "Moore Threads")
+is_sdaa_available = _device_check("is_sdaa_available", "torch_sdaa", "sdaa", "SDAA")
+is_neuron_available = _device_check("is_neuron_available", "torch_neuronx", "neuron", "AWS Neuron")
 
 def is_hpu_available(init_hccl: bool = False) -> bool:
     """True when ``habana_frameworks`` (Gaudi) is installed and torch sees an HPU.
