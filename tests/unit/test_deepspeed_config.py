@@ -245,3 +245,35 @@ def test_building_a_plugin_imports_no_deepspeed() -> None:
     code = "import sys, overdrive; overdrive.DeepSpeedPlugin(zero_stage=3); print('deepspeed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_zero3_init_context_manager_switches_and_restores() -> None:
+    plugin = DeepSpeedPlugin(zero_stage=3, zero3_init_flag=True)
+    with plugin.zero3_init_context_manager(enable=False):
+        assert not plugin.is_zero3_init_enabled()
+        with plugin.zero3_init():  # flag off: a plain context, the model is built whole
+            built = torch.nn.Linear(3, 2)
+        assert built.weight.shape == (2, 3)
+    assert plugin.is_zero3_init_enabled()
+    with pytest.raises(RuntimeError, match="inside"):
+        with plugin.zero3_init_context_manager(enable=False):
+            raise RuntimeError("inside")
+    assert plugin.is_zero3_init_enabled()  # restored after an error too
+    stage2 = DeepSpeedPlugin(zero_stage=2)
+    with stage2.zero3_init_context_manager(enable=True):
+        assert not stage2.is_zero3_init_enabled()  # ZeRO-3 only, as the constructor rules
+
+
+def test_set_moe_leaf_modules_marks_the_named_classes() -> None:
+    import deepspeed.utils
+
+    class Experts(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), Experts(), torch.nn.Linear(4, 2))
+    DeepSpeedPlugin(zero_stage=3, transformer_moe_cls_names="Experts").set_moe_leaf_modules(model)
+    assert deepspeed.utils.z3_leaf_module(model[1]) and not deepspeed.utils.z3_leaf_module(model[0])
+    with pytest.raises(ValueError, match="no module class 'Router'"):
+        DeepSpeedPlugin(zero_stage=3, transformer_moe_cls_names="Experts, Router").set_moe_leaf_modules(model)

@@ -272,7 +272,7 @@ class DeepSpeedStrategy(Strategy):
     def _initialize(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, config: dict[str, Any]) -> Any:
         deepspeed = import_deepspeed()
         init_deepspeed_comm()
-        self._set_moe_leaf_modules(deepspeed, model)
+        self.plugin.set_moe_leaf_modules(model)
         kwargs: dict[str, Any] = {"model": model, "config_params": config}
         if isinstance(optimizer, DummyOptim):
             kwargs["model_parameters"] = optimizer.params
@@ -288,20 +288,6 @@ class DeepSpeedStrategy(Strategy):
         engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(**kwargs)
         _release_at_exit(engine)
         return engine, ds_optimizer, ds_scheduler
-
-    def _set_moe_leaf_modules(self, deepspeed: Any, model: torch.nn.Module) -> None:
-        names = self.plugin.transformer_moe_cls_names
-        if not names:
-            return
-        classes = []
-        for name in (n.strip() for n in names.split(",") if n.strip()):
-            found = next((type(m) for m in model.modules() if type(m).__name__ == name), None)
-            if found is None:
-                raise ValueError(
-                    f"DeepSpeedPlugin(transformer_moe_cls_names={names!r}): the model has no module class {name!r}"
-                )
-            classes.append(found)
-        deepspeed.utils.set_z3_leaf_modules(model, classes)
 
     def prepare_model(
         self, model: torch.nn.Module, device_placement: bool = True, evaluation_mode: bool = False

@@ -1010,6 +1010,54 @@ class DeepSpeedPlugin:
         """Whether models built inside :meth:`zero3_init` are partitioned as they are created."""
         return bool(self.zero3_init_flag)
 
+    def zero3_init_context_manager(self, enable: bool = False) -> Any:
+        """Context in which ``zero3_init_flag`` is ``enable`` (restored afterwards): e.g. build a small reference
+        model whole (``enable=False``) while the trained one is created partitioned.
+
+        Example:
+            >>> plugin = DeepSpeedPlugin(zero_stage=3, zero3_init_flag=True)
+            >>> with plugin.zero3_init_context_manager(enable=False):
+            ...     plugin.is_zero3_init_enabled()
+            False
+            >>> plugin.is_zero3_init_enabled()
+            True
+        """
+        import contextlib
+
+        @contextlib.contextmanager
+        def switched() -> Any:
+            saved = self.zero3_init_flag
+            self.zero3_init_flag = bool(enable) and self.zero_stage == 3  # ZeRO-3 only, as the constructor rules
+            try:
+                yield
+            finally:
+                self.zero3_init_flag = saved
+
+        return switched()
+
+    def set_moe_leaf_modules(self, model: Any) -> None:
+        """Mark the module classes named in ``transformer_moe_cls_names`` (comma-separated) as ZeRO-3 leaves
+        (``deepspeed.utils.set_z3_leaf_modules``): their parameters are gathered together on entry, which
+        mixture-of-experts layers need. ``prepare`` calls it; a name the model lacks is an error naming it.
+
+        Example:
+            >>> DeepSpeedPlugin(zero_stage=3).set_moe_leaf_modules(None)  # no names: nothing to do
+        """
+        names = self.transformer_moe_cls_names
+        if not names:
+            return
+        classes = []
+        for name in (n.strip() for n in names.split(",") if n.strip()):
+            found = next((type(m) for m in model.modules() if type(m).__name__ == name), None)
+            if found is None:
+                raise ValueError(
+                    f"DeepSpeedPlugin(transformer_moe_cls_names={names!r}): the model has no module class {name!r}"
+                )
+            classes.append(found)
+        from ..strategies.deepspeed import import_deepspeed
+
+        import_deepspeed().utils.set_z3_leaf_modules(model, classes)
+
     def zero3_init(self) -> Any:
         """Context in which a model is created already partitioned across ranks (``deepspeed.zero.Init``) when
         ``zero3_init_flag`` is set; otherwise nothing happens. Create the Accelerator first (it forms the group).
