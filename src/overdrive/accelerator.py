@@ -661,15 +661,11 @@ class Accelerator:
                 )
             engine_backward(loss, sync_gradients=self.sync_gradients, **kwargs)
             return
-        if num_items is None:
-            if self._item_window.active:
-                raise ValueError(
-                    "backward(loss) was called inside an accumulation window that used backward(loss_sum, "
-                    "num_items=n); use one style for every micro-step of a window"
-                )
-            steps = self.gradient_accumulation_steps
-            self.precision.backward(loss / steps if steps != 1 else loss, **kwargs)
-            return
+        if num_items is None:  # backward() handles the plain step itself: here a num_items window is open
+            raise ValueError(
+                "backward(loss) was called inside an accumulation window that used backward(loss_sum, "
+                "num_items=n); use one style for every micro-step of a window"
+            )
         self._item_window.add(num_items, self.device)
         self.precision.backward(loss, **kwargs)  # the sum: normalised once, at the window's sync step
         if self.sync_gradients:

@@ -201,8 +201,6 @@ def _extension_device(module: str, attribute: str, check_device: bool) -> bool:
     # Devices served by a separate torch extension: available only when it is installed and reports a device.
     if not _installed(module):
         return False
-    import importlib
-
     import torch
 
     importlib.import_module(module)
