@@ -62,6 +62,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -558,8 +559,11 @@ def _write_snapshot(snap: _Snapshot, tmp: Path) -> None:
     before = set(tmp.iterdir())
     _write_snapshot_files(snap, tmp)
     for path in sorted(set(tmp.iterdir()) - before):
-        if path.is_file():
-            _fsync(path)
+        # The folder is shared by every rank: a new name may be another rank's transient file, gone by now (its own
+        # writer flushes it, and the commit flushes every file that stays).
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file():
+                _fsync(path)
 
 
 def _write_snapshot_files(snap: _Snapshot, tmp: Path) -> None:
